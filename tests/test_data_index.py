@@ -1,0 +1,183 @@
+"""The SQLite manifest index: same answers as the manifest, multi-label look-ups, atomic and fresh."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from xray_generator.data import index as index_module
+from xray_generator.data.index import (
+    ManifestFingerprint,
+    ManifestIndex,
+    build_index,
+    default_index_path,
+    open_index,
+)
+from xray_generator.data.manifest import MANIFEST_COLUMNS, load_manifest
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dataset"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_manifest(SAMPLE_DIR)
+
+
+@pytest.fixture(scope="module")
+def index(sample, tmp_path_factory) -> ManifestIndex:
+    built = build_index(sample, tmp_path_factory.mktemp("index") / "sample.sqlite")
+    yield built
+    built.close()
+
+
+@pytest.fixture()
+def manifest_copy(tmp_path) -> Path:
+    """A writable copy of the sample's metadata.csv (images are not needed to index it)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copyfile(SAMPLE_DIR / "metadata.csv", folder / "metadata.csv")
+    return folder
+
+
+FILTERS = [
+    {},
+    {"label": "COVID-19"},
+    {"label": ["Normal", "Viral pneumonia"]},
+    {"source": "pneumonia_kermany", "split": "test"},
+    {"source": ["covid_ieee8023"], "view": "PA"},
+    {"sex": "M", "min_age": 30, "max_age": 60},
+    {"min_age": 65},
+    {"split": ["val", "test"], "native_px": 224},
+    {"label": "Pneumonia", "source": "covid_ieee8023", "sex": "F"},
+]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=[str(f) for f in FILTERS])
+def test_index_answers_like_the_manifest(sample, index, filters):
+    expected = sorted(sample.query(**filters).table["image_id"])
+    assert index.image_ids(**filters) == expected
+    assert index.count(**filters) == len(expected)
+
+
+def test_query_returns_typed_manifest_rows(sample, index):
+    rows = index.query(source="covid_ieee8023", label="COVID-19")
+    assert list(rows.columns) == list(MANIFEST_COLUMNS)
+    assert rows.dtypes.to_dict() == sample.table.dtypes.to_dict()
+    expected = sample.table.set_index("image_id").loc[rows["image_id"]].reset_index()
+    pd.testing.assert_frame_equal(rows, expected[list(MANIFEST_COLUMNS)], check_dtype=True)
+
+
+def test_labels_live_in_their_own_table(sample, index):
+    with index.engine.connect() as connection:
+        label_rows = connection.execute(sa.select(sa.func.count()).select_from(index_module.image_labels_table)).scalar()
+    assert label_rows == int(sample.label_counts().sum())
+    assert index.label_counts().to_dict() == sample.label_counts().to_dict()
+    assert index.label_counts(source="pneumonia_kermany").index[0] == "Pneumonia"
+
+
+def test_all_labels_requires_every_label(sample, index):
+    both = index.image_ids(label=["Pneumonia", "COVID-19"], all_labels=True)
+    assert both == sorted(sample.query(label="COVID-19").table["image_id"])
+    assert index.count(label=["Normal", "COVID-19"], all_labels=True) == 0
+
+
+def test_unlabelled_filter(sample, index):
+    unlabelled = set(sample.table.loc[sample.table["labels"].isna(), "image_id"])
+    assert set(index.image_ids(unlabelled=True)) == unlabelled
+    assert index.count(unlabelled=False) == len(sample) - len(unlabelled)
+
+
+def test_limit_offset_and_distinct(index):
+    first = index.query(limit=5)
+    second = index.query(limit=5, offset=5)
+    assert len(first) == 5 and not set(first["image_id"]) & set(second["image_id"])
+    assert index.distinct("split") == ["test", "train", "val"]
+    assert "COVID-19" in index.distinct("label")
+    with pytest.raises(ValueError):
+        index.distinct("age")
+
+
+def test_to_manifest_resolves_files(index):
+    manifest = index.to_manifest(label="Normal", split="test")
+    assert len(manifest) > 0
+    assert manifest.root == SAMPLE_DIR.resolve()
+    assert all(path.is_file() for path in manifest.paths())
+
+
+def test_unknown_filter_is_an_error(index):
+    with pytest.raises(TypeError):
+        index.count(colour="blue")
+
+
+def test_build_accepts_an_sqlalchemy_url(sample, tmp_path):
+    url = sa.URL.create("sqlite", database=str(tmp_path / "via_url.sqlite"))
+    with build_index(sample, url) as built:
+        assert built.count() == len(sample)
+        assert built.meta()["rows"] == str(len(sample))
+
+
+def test_open_index_builds_once_into_the_cache(manifest_copy, tmp_path):
+    cache = tmp_path / "cache"
+    with open_index(manifest_copy, cache_dir=cache) as first:
+        built_at = first.meta()["built_at"]
+        assert first.count() == len(load_manifest(manifest_copy))
+    path = default_index_path(manifest_copy, cache)
+    assert path.parent == cache / "index" and path.is_file()
+    inode = path.stat().st_ino
+    with open_index(manifest_copy, cache_dir=cache) as again:
+        assert again.meta()["built_at"] == built_at
+    assert path.stat().st_ino == inode  # not rewritten
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp files left
+
+
+def test_touched_but_unchanged_manifest_is_not_rebuilt(manifest_copy, tmp_path):
+    cache = tmp_path / "cache"
+    open_index(manifest_copy, cache_dir=cache).close()
+    path = default_index_path(manifest_copy, cache)
+    inode = path.stat().st_ino
+    csv = manifest_copy / "metadata.csv"
+    os.utime(csv, ns=(csv.stat().st_atime_ns, csv.stat().st_mtime_ns + 10**9))
+    open_index(manifest_copy, cache_dir=cache).close()
+    assert path.stat().st_ino == inode
+
+
+def test_changed_manifest_is_rebuilt(manifest_copy, tmp_path):
+    cache = tmp_path / "cache"
+    open_index(manifest_copy, cache_dir=cache).close()
+    csv = manifest_copy / "metadata.csv"
+    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table.iloc[:10].to_csv(csv, index=False)
+    with open_index(manifest_copy, cache_dir=cache) as rebuilt:
+        assert rebuilt.count() == 10
+        assert rebuilt.meta()["manifest_sha256"] == ManifestFingerprint.of(csv).sha256
+
+
+def test_failed_rebuild_keeps_the_old_index(manifest_copy, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    open_index(manifest_copy, cache_dir=cache).close()
+    path = default_index_path(manifest_copy, cache)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(index_module, "_write_index", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        open_index(manifest_copy, cache_dir=cache, rebuild=True)
+    monkeypatch.undo()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    with ManifestIndex(sa.create_engine(sa.URL.create("sqlite", database=str(path)))) as old:
+        assert old.count() == len(load_manifest(manifest_copy))
+
+
+def test_default_cache_follows_the_environment(manifest_copy, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_CACHE_DIR", str(tmp_path / "env_cache"))
+    assert default_index_path(manifest_copy).parent == (tmp_path / "env_cache" / "index").resolve()
+
+
+def test_open_index_without_a_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        open_index(tmp_path, cache_dir=tmp_path)

@@ -1,0 +1,1 @@
+"""Evaluation: per-image descriptors, paired metrics, distribution metrics, fidelity and memorisation."""

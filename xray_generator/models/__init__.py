@@ -1,0 +1,1 @@
+"""Network definitions and factories built from config dicts (configs are data)."""

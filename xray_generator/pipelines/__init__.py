@@ -1,0 +1,1 @@
+"""Inference pipelines and the registry that maps a model family name to its loader."""

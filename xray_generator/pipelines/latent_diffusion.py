@@ -1,0 +1,341 @@
+"""Text-to-X-ray latent diffusion as a diffusers `DiffusionPipeline`.
+
+    pipe = XRayDiffusionPipeline.from_pretrained("weights/ldm")
+    out = pipe("right lower lobe pneumonia, adult PA film", seed=0)
+    out.images[0]        # float32 (256, 256) in [0, 1]
+    out.pil_images[0]    # 8-bit grayscale PIL image
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
+from PIL import Image
+
+from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
+from xray_generator.weights import replace_folder_atomically, verify_manifest, weights_hash, write_manifest
+
+# Sampler name -> (scheduler class, extra config). Each call builds its own scheduler from the
+# training noise schedule, so concurrent calls on one pipeline never share solver state.
+SAMPLERS: dict[str, tuple[type, dict]] = {
+    "dpm++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}),
+    "ddim": (DDIMScheduler, {"set_alpha_to_one": True}),
+    "unipc": (UniPCMultistepScheduler, {"solver_order": 2}),
+}
+# The defaults a user gets; the shipped pipeline.json can override them.
+DEFAULT_GENERATION = {"sampler": "dpm++", "num_inference_steps": 14, "guidance_scale": 4.0, "height": 256, "width": 256}
+MAX_STEPS = 200
+MAX_GUIDANCE = 30.0
+MAX_IMAGES_PER_CALL = 64
+MAX_PROMPT_CHARS = 10_000
+PIPELINE_FILE = "pipeline.json"
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised when `callback_on_step_end` asks to stop (returns {"interrupt": True})."""
+
+
+@dataclass
+class XRayPipelineOutput:
+    images: list[np.ndarray]
+    pil_images: list[Image.Image]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+class XRayDiffusionPipeline(DiffusionPipeline):
+    """VAE + cross-attention UNet + frozen text encoder (+ trainable projection), with CFG.
+
+    Parameters
+    ----------
+    vae : AutoencoderKL
+        1-channel autoencoder; `scaling_factor`/`shift_factor` normalise its latents.
+    unet : UNet2DConditionModel
+        The denoiser, predicting what the training scheduler's `prediction_type` says.
+    text_projection : TextProjection
+        Maps text-encoder states to the UNet's cross-attention width; records the encoder it was trained with.
+    scheduler : DDPMScheduler
+        The training noise schedule. Samplers are built from its config at call time.
+    text_encoder : FrozenTextEncoder
+        Tokeniser + frozen BERT-family model.
+    """
+
+    model_cpu_offload_seq = "text_encoder->text_projection->unet->vae"
+
+    def __init__(self, vae: AutoencoderKL, unet: UNet2DConditionModel, text_projection: TextProjection, scheduler: DDPMScheduler, text_encoder: FrozenTextEncoder):
+        super().__init__()
+        check_encoder_matches(text_projection, text_encoder)
+        self.register_modules(vae=vae, unet=unet, text_projection=text_projection, scheduler=scheduler, text_encoder=text_encoder)
+        self.generation_defaults = dict(DEFAULT_GENERATION)
+        self.model_name = "ldm"
+        self.weights_hash = "untrained"
+        self.precision = "bf16"
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
+        """Write every trained part as safetensors plus configs and a sha256 MANIFEST.json, atomically.
+
+        The frozen text encoder is not copied: its identity and width are recorded, and the pinned
+        package (or the user's local folder) provides it at load time.
+        """
+        target = Path(save_directory)
+        staging = target.with_name(f".{target.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.vae.save_pretrained(staging / "vae", safe_serialization=True)
+        self.unet.save_pretrained(staging / "unet", safe_serialization=True)
+        self.text_projection.save_pretrained(staging / "text_projection", safe_serialization=True)
+        self.scheduler.save_pretrained(staging / "scheduler")
+        info = {
+            "_class_name": type(self).__name__,
+            "model_name": self.model_name,
+            "text_encoder": self.text_encoder.name,
+            "text_encoder_hidden_size": self.text_encoder.hidden_size,
+            "text_max_length": self.text_encoder.max_length,
+            "generation_defaults": self.generation_defaults,
+        }
+        (staging / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_manifest(staging)
+        replace_folder_atomically(staging, target)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        text_encoder: str | Path | FrozenTextEncoder | None = None,
+        torch_dtype: torch.dtype | None = None,
+        verify: bool = True,
+        **_: Any,
+    ) -> "XRayDiffusionPipeline":
+        """Load a folder written by `save_pretrained`, verifying every file against MANIFEST.json.
+
+        `text_encoder` overrides the recorded encoder (an alias, a local BERT folder, or an instance);
+        a width that does not match the trained projection raises a clear error.
+        """
+        folder = Path(pretrained_model_name_or_path)
+        digest = verify_manifest(folder) if verify else weights_hash(folder)
+        info = json.loads((folder / PIPELINE_FILE).read_text())
+        if not isinstance(text_encoder, FrozenTextEncoder):
+            text_encoder = FrozenTextEncoder(text_encoder or info["text_encoder"], max_length=info.get("text_max_length", 64))
+        vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
+        projection = TextProjection.from_pretrained(folder / "text_projection", use_safetensors=True)
+        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        pipe = cls(vae=vae, unet=unet, text_projection=projection, scheduler=scheduler, text_encoder=text_encoder)
+        pipe.generation_defaults.update(info.get("generation_defaults", {}))
+        pipe.model_name = info.get("model_name", folder.name)
+        pipe.weights_hash = digest
+        if torch_dtype == torch.float32:
+            pipe.precision = "fp32"
+        for module in (vae, unet, projection):
+            module.eval().requires_grad_(False)
+        return pipe
+
+    # ------------------------------------------------------------------ helpers
+    def make_scheduler(self, sampler: str):
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {sampler!r}")
+        scheduler_class, extra = SAMPLERS[sampler]
+        return scheduler_class.from_config(self.scheduler.config, **extra)
+
+    def _autocast(self):
+        enabled = self.precision == "bf16" and self.unet.device.type == "cpu"
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
+
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        states, mask = self.text_encoder.encode(prompts)
+        with self._autocast():
+            projected = self.text_projection(states)
+        return projected.float(), mask
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images (N, 1, H, W) in [0, 1]."""
+        config = self.vae.config
+        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
+        with self._autocast():
+            decoded = self.vae.decode(latents).sample.float()
+        return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def encode_images(self, images: torch.Tensor, sample_generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images (N, 1, H, W) in [0, 1] -> scaled latents (posterior mean unless a generator is given)."""
+        config = self.vae.config
+        with self._autocast():
+            posterior = self.vae.encode(images * 2.0 - 1.0).latent_dist
+        latents = posterior.sample(sample_generator) if sample_generator is not None else posterior.mode()
+        return (latents.float() - (config.shift_factor or 0.0)) * config.scaling_factor
+
+    def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed) -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompt must be a non-empty string or a list of strings")
+        for p in prompts:
+            if not p.strip():
+                raise ValueError("prompt is empty; describe the radiograph, e.g. 'normal adult PA chest radiograph'")
+            if len(p) > MAX_PROMPT_CHARS:
+                raise ValueError(f"prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
+        if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
+            raise ValueError("negative_prompt must be a string or a list of strings")
+        if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
+            raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or not 1 <= num_inference_steps <= MAX_STEPS:
+            raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_inference_steps!r}")
+        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or not math.isfinite(guidance_scale) or not 0.0 <= guidance_scale <= MAX_GUIDANCE:
+            raise ValueError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE}, got {guidance_scale!r}")
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or not 1 <= num_images_per_prompt * len(prompts) <= MAX_IMAGES_PER_CALL:
+            raise ValueError(f"num_images_per_prompt must be a positive integer, at most {MAX_IMAGES_PER_CALL} images per call")
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        for name, value in (("height", height), ("width", width)):
+            if not isinstance(value, int) or value < factor or value % factor or value > 1024:
+                raise ValueError(f"{name} must be a multiple of {factor} between {factor} and 1024, got {value!r}")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be an integer from 0 to 2**63-1, got {seed!r}")
+        return list(prompts)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        sampler: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable[["XRayDiffusionPipeline", int, int, dict], dict | None] | None = None,
+    ) -> XRayPipelineOutput:
+        """Generate radiographs from text.
+
+        Parameters
+        ----------
+        prompt : str or list of str
+            Radiology-style description, e.g. "right lower lobe pneumonia, adult PA film".
+            Text beyond the encoder's token limit is truncated (a notice says so).
+        negative_prompt : str or list of str, optional
+            What to steer away from; replaces the empty unconditional prompt in guidance.
+        num_inference_steps : int, default from pipeline.json (14)
+            Sampler steps, 1-200. More steps cost time linearly.
+        guidance_scale : float, default from pipeline.json (4.0)
+            Classifier-free guidance weight, 0-30. 1 or less disables guidance (one UNet pass per step).
+        num_images_per_prompt : int, default 1
+        generator : torch.Generator, optional
+            Source of the initial noise. Overrides `seed`.
+        seed : int, optional
+            Seed for a CPU generator; the same seed and settings give the same image.
+        sampler : {"dpm++", "ddim", "unipc"}, default "dpm++"
+        height, width : int, default 256
+            Multiples of 32. 256 is the native training size.
+        latents : torch.Tensor, optional
+            Initial noise of shape (N, C, H/8, W/8), instead of drawing it.
+        callback_on_step_end : callable, optional
+            Called as `callback(pipe, step_index, timestep, {"latents": ...})` after each step. Return
+            {"interrupt": True} to cancel (raises GenerationCancelled).
+
+        Returns
+        -------
+        XRayPipelineOutput with float32 (H, W) images in [0, 1], PIL images and per-image provenance.
+        """
+        d = self.generation_defaults
+        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        sampler = d["sampler"] if sampler is None else sampler
+        height = d["height"] if height is None else height
+        width = d["width"] if width is None else width
+        prompts = self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed)
+        scheduler = self.make_scheduler(sampler)
+        if generator is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed
+            generator = torch.Generator("cpu").manual_seed(seed)
+        notices = [
+            f"prompt truncated to the text encoder's {self.text_encoder.max_length} tokens"
+            for p in prompts
+            if self.text_encoder.token_count(p) > self.text_encoder.max_length
+        ][:1]
+
+        # 1. Encode the prompt (and the negative or empty prompt for classifier-free guidance).
+        batch_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        use_guidance = guidance_scale > 1.0
+        cond, cond_mask = self.encode_prompt(batch_prompts)
+        if use_guidance:
+            if negative_prompt is None:
+                negatives = [""] * len(batch_prompts)
+            elif isinstance(negative_prompt, str):
+                negatives = [negative_prompt] * len(batch_prompts)
+            else:
+                negatives = [n for n in negative_prompt for _ in range(num_images_per_prompt)]
+            uncond, uncond_mask = self.encode_prompt(negatives)
+            text_states = torch.cat([uncond, cond])
+            text_mask = torch.cat([uncond_mask, cond_mask])
+        else:
+            text_states, text_mask = cond, cond_mask
+
+        # 2. Prepare the initial noise.
+        shape = (len(batch_prompts), self.unet.config.in_channels, height // 8, width // 8)
+        if latents is None:
+            latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        scheduler.set_timesteps(num_inference_steps)
+        latents = latents * scheduler.init_noise_sigma
+
+        # 3. Denoise.
+        for index, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat([latents] * 2) if use_guidance else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            with self._autocast():
+                prediction = self.unet(model_input, t, encoder_hidden_states=text_states, encoder_attention_mask=text_mask).sample.float()
+            if use_guidance:
+                uncond_pred, cond_pred = prediction.chunk(2)
+                prediction = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
+            latents = scheduler.step(prediction, t, latents).prev_sample
+            if callback_on_step_end is not None:
+                result = callback_on_step_end(self, index, int(t), {"latents": latents})
+                if result and result.get("interrupt"):
+                    raise GenerationCancelled(f"generation cancelled after step {index + 1} of {num_inference_steps}")
+
+        # 4. Decode.
+        images = self.decode_latents(latents)[:, 0].numpy()
+        arrays = [np.ascontiguousarray(img, dtype=np.float32) for img in images]
+        pils = [Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L") for a in arrays]
+        metadata = [
+            {
+                "model": self.model_name,
+                "weights_sha256": self.weights_hash,
+                "prompt": batch_prompts[i],
+                "negative_prompt": negatives[i] if use_guidance and negative_prompt is not None else "",
+                "sampler": sampler,
+                "steps": num_inference_steps,
+                "guidance": float(guidance_scale),
+                "seed": seed,
+                "index_in_batch": i,
+                "height": height,
+                "width": width,
+                "precision": self.precision,
+                "synthetic": True,
+            }
+            for i in range(len(batch_prompts))
+        ]
+        return XRayPipelineOutput(images=arrays, pil_images=pils, metadata=metadata, notices=notices)

@@ -1,0 +1,201 @@
+"""Atomic, pickle-free training checkpoints and resumable loss logs.
+
+A checkpoint is a folder `step-<N>/` holding safetensors files plus `state.json`. The pointer file
+`LATEST` names the newest complete folder and is replaced atomically only after that folder is fully
+written, so a run killed at any moment leaves the previous checkpoint intact and loses at most one
+checkpoint interval.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
+    """Flatten an optimizer state dict into tensors plus a JSON string, so no pickle is needed."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for index, slot in state["state"].items():
+        for name, value in slot.items():
+            key = f"{index}.{name}"
+            if torch.is_tensor(value):
+                tensors[key] = value.contiguous()
+            else:
+                scalars[key] = value
+    return tensors, json.dumps({"param_groups": state["param_groups"], "scalars": scalars})
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: str) -> None:
+    info = json.loads(meta)
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(info["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+
+
+class CheckpointDir:
+    """Manages `step-<N>/` folders and the `LATEST` pointer inside a run folder."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        self.run_dir = Path(run_dir)
+        self.keep = keep
+
+    @property
+    def pointer(self) -> Path:
+        return self.run_dir / "LATEST"
+
+    def latest(self) -> Path | None:
+        if not self.pointer.is_file():
+            return None
+        folder = self.run_dir / self.pointer.read_text().strip()
+        return folder if (folder / "state.json").is_file() else None
+
+    def save(self, step: int, modules: dict[str, dict[str, torch.Tensor]], state: dict, optimizers: dict[str, torch.optim.Optimizer]) -> Path:
+        name = f"step-{step:08d}"
+        final = self.run_dir / name
+        staging = self.run_dir / f".{name}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for module_name, tensors in modules.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, staging / f"{module_name}.safetensors")
+        for opt_name, optimizer in optimizers.items():
+            tensors, meta = optimizer_to_tensors(optimizer)
+            save_file(tensors, staging / f"{opt_name}.safetensors", metadata={"optimizer": meta})
+        rng = {"torch_rng": torch.get_rng_state()}
+        save_file(rng, staging / "rng.safetensors")
+        (staging / "state.json").write_text(json.dumps(state, indent=2))
+        for child in staging.iterdir():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        atomic_write_text(self.pointer, name + "\n")
+        self._prune(current=name)
+        return final
+
+    def load(self, folder: Path, optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+        modules = {}
+        for file in folder.glob("*.safetensors"):
+            stem = file.stem
+            if stem in optimizers:
+                from safetensors import safe_open
+
+                with safe_open(str(file), "pt") as handle:
+                    meta = handle.metadata()["optimizer"]
+                optimizer_from_tensors(optimizers[stem], load_file(str(file)), meta)
+            elif stem == "rng":
+                torch.set_rng_state(load_file(str(file))["torch_rng"])
+            else:
+                modules[stem] = load_file(str(file))
+        state = json.loads((folder / "state.json").read_text())
+        return modules, state
+
+    def _prune(self, current: str) -> None:
+        folders = sorted(p for p in self.run_dir.glob("step-*") if p.is_dir())
+        for old in folders[: max(0, len(folders) - self.keep)]:
+            if old.name != current:
+                shutil.rmtree(old, ignore_errors=True)
+        for partial in self.run_dir.glob(".step-*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+class LossLog:
+    """An append-only CSV of training metrics that a dashboard can plot; truncated on resume."""
+
+    def __init__(self, path: str | Path, fields: list[str]):
+        self.path = Path(path)
+        self.fields = fields
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows written after the checkpoint we resume from, so the log matches the weights."""
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle) if int(float(row["step"])) <= step]
+        lines = [",".join(self.fields)] + [",".join(str(row.get(f, "")) for f in self.fields) for row in rows]
+        atomic_write_text(self.path, "\n".join(lines) + "\n")
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not self.path.is_file()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", newline="") as handle:
+            if new:
+                handle.write(",".join(self.fields) + "\n")
+            handle.write(",".join(_fmt(row.get(f, "")) for f in self.fields) + "\n")
+            handle.flush()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+class EMA:
+    """Exponential moving average of a module's float parameters (kept in fp32)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for key, value in module.state_dict().items():
+            if key in self.shadow:
+                self.shadow[key].lerp_(value.detach().float(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.shadow = {k: v.float().clone() for k, v in tensors.items()}
+
+    def copy_to(self, module: torch.nn.Module) -> None:
+        module.load_state_dict({**module.state_dict(), **{k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()}})

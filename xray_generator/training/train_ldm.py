@@ -1,0 +1,341 @@
+"""Stage 2: train the text-conditioned UNet on cached VAE latents and cached text embeddings.
+
+Images are never resized: 256-px frames give 32x32 latents and the 224-px Kermany copies 28x28;
+each batch comes from one size bucket (the UNet is convolutional, so both teach it).
+
+    python -m xray_generator.training.train_ldm train --config configs/ldm.json --run outputs/runs/ldm --resume
+    python -m xray_generator.training.train_ldm export --run outputs/runs/ldm --out weights/ldm
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from xray_generator.data.datasets import load_images_uint8
+from xray_generator.data.manifest import Manifest, load_manifest
+from xray_generator.data.prompts import prompt_variants
+from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
+from xray_generator.models.unet import build_unet
+from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog, atomic_save_safetensors, atomic_write_text
+from xray_generator.weights import sha256_file
+
+LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
+# Prompts shown in the sample grid written at every checkpoint (also used by the model card).
+MONITOR_PROMPTS = (
+    "Normal pediatric chest radiograph, clear lungs.",
+    "Adult PA chest radiograph: right lower lobe pneumonia.",
+    "Bilateral peripheral ground-glass opacities consistent with COVID-19.",
+    "Pediatric AP chest radiograph: viral pneumonia.",
+)
+
+
+def load_config(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# ---------------------------------------------------------------------------- caches
+def _manifest_digest(manifest: Manifest) -> str:
+    return hashlib.sha256(manifest.table.to_csv(index=False).encode()).hexdigest()[:12]
+
+
+@torch.no_grad()
+def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Path, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Posterior mean and std of every image, grouped by latent size; cached as safetensors."""
+    if cache_file.is_file():
+        return load_file(str(cache_file))
+    images = load_images_uint8(manifest)
+    buckets: dict[int, list[int]] = {}
+    for row, image in enumerate(images):
+        buckets.setdefault(image.shape[0], []).append(row)
+    tensors: dict[str, torch.Tensor] = {}
+    autoencoder.eval()
+    for size, rows in tqdm(sorted(buckets.items()), desc="encode latents"):
+        means, stds = [], []
+        for start in range(0, len(rows), batch_size):
+            chunk = np.stack([images[r] for r in rows[start : start + batch_size]]).astype(np.float32) / 127.5 - 1.0
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                dist = autoencoder.encode(torch.from_numpy(chunk)[:, None]).latent_dist
+            means.append(dist.mean.float())
+            stds.append(dist.std.float())
+        tensors[f"mean_{size}"] = torch.cat(means).half()
+        tensors[f"std_{size}"] = torch.cat(stds).half()
+        tensors[f"rows_{size}"] = torch.tensor(rows, dtype=torch.int64)
+    atomic_save_safetensors(tensors, cache_file)
+    return tensors
+
+
+@torch.no_grad()
+def cache_text(encoder: FrozenTextEncoder, manifest: Manifest, variants: int, cache_file: Path) -> dict[str, torch.Tensor]:
+    """Unique prompts' encoder states (bf16) and masks, plus each image's variant -> prompt index table."""
+    if cache_file.is_file():
+        return load_file(str(cache_file))
+    per_image = [prompt_variants(row, variants) for _, row in manifest.table.iterrows()]
+    unique = sorted({p for prompts in per_image for p in prompts} | {""})
+    index = {p: i for i, p in enumerate(unique)}
+    states, masks = [], []
+    for start in tqdm(range(0, len(unique), 64), desc="encode prompts"):
+        s, m = encoder.encode(unique[start : start + 64])
+        states.append(s.bfloat16())
+        masks.append(m)
+    tensors = {
+        "states": torch.cat(states),
+        "masks": torch.cat(masks).to(torch.uint8),
+        "variant_index": torch.tensor([[index[p] for p in prompts] for prompts in per_image], dtype=torch.int64),
+        "empty_index": torch.tensor([index[""]]),
+    }
+    atomic_save_safetensors(tensors, cache_file, metadata={"prompts": json.dumps(unique)})
+    return tensors
+
+
+def latent_statistics(latents: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(shift, scale) so that scaled latents have zero mean and unit variance over the train set."""
+    means = torch.cat([v.float().flatten() for k, v in latents.items() if k.startswith("mean_")])
+    return float(means.mean()), float(1.0 / means.std())
+
+
+# ---------------------------------------------------------------------------- training
+def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minutes: float | None = None, data_dir: str | Path | None = None) -> dict:
+    train_cfg, data_cfg = config["train"], config["data"]
+    torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
+    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    torch.manual_seed(train_cfg.get("seed", 0) + accelerator.process_index)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+
+    manifest = load_manifest(data_dir)
+    train_manifest = manifest.query(split="train")
+    val_manifest = manifest.query(split="val", native_px=256)
+    if data_cfg.get("max_images"):
+        train_manifest.table = train_manifest.table.iloc[: data_cfg["max_images"]]
+        val_manifest.table = val_manifest.table.iloc[: data_cfg["max_images"]]
+
+    autoencoder_dir = Path(config["autoencoder"])
+    autoencoder = AutoencoderKL.from_pretrained(autoencoder_dir, use_safetensors=True)
+    vae_digest = sha256_file(autoencoder_dir / "diffusion_pytorch_model.safetensors")[:12]
+    cache_dir = Path(config.get("cache_dir", "outputs/cache/ldm")) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
+    train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
+    val_latents = cache_latents(autoencoder, val_manifest, cache_dir / "val_latents.safetensors")
+    encoder = FrozenTextEncoder(config["text_encoder"], max_length=config.get("text_max_length", 64))
+    text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
+    val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
+    shift, scale = latent_statistics(train_latents)
+    autoencoder.register_to_config(scaling_factor=scale, shift_factor=shift)
+
+    unet = build_unet(config["unet"])
+    projection = TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
+    noise_scheduler = DDPMScheduler(**config["scheduler"])
+    params = list(unet.parameters()) + list(projection.parameters())
+    opt = torch.optim.AdamW(params, lr=train_cfg["lr"], betas=(0.9, 0.999), weight_decay=train_cfg.get("weight_decay", 0.01))
+    ema_unet = EMA(unet, train_cfg["ema_decay"])
+    ema_projection = EMA(projection, train_cfg["ema_decay"])
+
+    ckpt = CheckpointDir(run_dir)
+    log = LossLog(run_dir / "log.csv", LOG_FIELDS)
+    state = {"step": 0, "samples_seen": 0, "wall_seconds": 0.0}
+    if resume and (latest := ckpt.latest()) is not None:
+        modules, state = ckpt.load(latest, {"optimizer": opt})
+        unet.load_state_dict(modules["unet"])
+        projection.load_state_dict(modules["text_projection"])
+        ema_unet.load_state_dict(modules["ema_unet"])
+        ema_projection.load_state_dict(modules["ema_text_projection"])
+        log.truncate_after(state["step"])
+        print(f"resumed from {latest.name}: step {state['step']}, {state['samples_seen']} samples", flush=True)
+    unet.to(memory_format=torch.channels_last)
+    unet, projection, opt = accelerator.prepare(unet, projection, opt)
+    device = accelerator.device
+
+    alphas_cumprod = noise_scheduler.alphas_cumprod
+    buckets = sorted(int(k.split("_")[1]) for k in train_latents if k.startswith("mean_"))
+    bucket_sizes = np.array([len(train_latents[f"rows_{b}"]) for b in buckets], dtype=np.float64)
+    rng = np.random.default_rng(train_cfg.get("seed", 0) + 1000 * accelerator.process_index + state["step"])
+    states_table, masks_table = text["states"], text["masks"].bool()
+    empty_index = int(text["empty_index"][0])
+
+    def text_batch(prompt_indices: torch.Tensor, proj) -> tuple[torch.Tensor, torch.Tensor]:
+        return proj(states_table[prompt_indices].float().to(device)), masks_table[prompt_indices].to(device)
+
+    # A fixed validation set: same images, timesteps and noise every time, so the curve is comparable.
+    val_gen = torch.Generator().manual_seed(1234)
+    val_size = max(int(k.split("_")[1]) for k in val_latents if k.startswith("mean_"))
+    val_mean = val_latents[f"mean_{val_size}"].float()[: train_cfg.get("val_images", 64)]
+    val_rows = val_latents[f"rows_{val_size}"][: len(val_mean)]
+    val_z = (val_mean - shift) * scale
+    val_noise = torch.randn(val_z.shape, generator=val_gen)
+    val_t = torch.linspace(20, noise_scheduler.config.num_train_timesteps - 20, len(val_z)).long()
+    val_prompts = val_text["variant_index"][val_rows, 0]
+
+    def loss_for(model, proj, z: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        noisy = noise_scheduler.add_noise(z, noise, t)
+        target = noise_scheduler.get_velocity(z, noise, t) if noise_scheduler.config.prediction_type == "v_prediction" else noise
+        hidden, mask = text_batch(prompts, proj)
+        with accelerator.autocast():
+            prediction = model(noisy.to(memory_format=torch.channels_last), t.to(device), encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        per_sample = ((prediction.float() - target) ** 2).mean(dim=(1, 2, 3))
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        gamma = train_cfg.get("min_snr_gamma")
+        if gamma:  # min-SNR weighting (Hang et al. 2023), in its v-prediction form
+            weight = torch.clamp(snr, max=gamma) / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else torch.clamp(snr, max=gamma) / snr
+            per_sample = per_sample * weight.to(device)
+        return per_sample.mean()
+
+    @torch.no_grad()
+    def validation_loss() -> float:
+        shadow_unet, shadow_proj = build_unet(config["unet"]), TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
+        ema_unet.copy_to(shadow_unet)
+        ema_projection.copy_to(shadow_proj)
+        shadow_unet.eval()
+        losses = []
+        for start in range(0, len(val_z), 16):
+            sl = slice(start, start + 16)
+            hidden, mask = shadow_proj(val_text["states"][val_prompts[sl]].float()), val_text["masks"][val_prompts[sl]].bool()
+            noisy = noise_scheduler.add_noise(val_z[sl], val_noise[sl], val_t[sl])
+            target = noise_scheduler.get_velocity(val_z[sl], val_noise[sl], val_t[sl]) if noise_scheduler.config.prediction_type == "v_prediction" else val_noise[sl]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                prediction = shadow_unet(noisy, val_t[sl], encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+            losses.append(((prediction.float() - target) ** 2).mean().item())
+        return float(np.mean(losses))
+
+    def build_ema_pipeline() -> XRayDiffusionPipeline:
+        shadow_unet, shadow_proj = build_unet(config["unet"]), TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
+        ema_unet.copy_to(shadow_unet)
+        ema_projection.copy_to(shadow_proj)
+        pipe = XRayDiffusionPipeline(autoencoder, shadow_unet.eval(), shadow_proj.eval(), noise_scheduler, encoder)
+        pipe.generation_defaults.update(config.get("generation_defaults", {}))
+        return pipe
+
+    max_steps = train_cfg["max_steps"]
+    session_start = last_ckpt = time.time()
+    wall_at_start = state["wall_seconds"]
+    bar = tqdm(total=max_steps, initial=state["step"], desc="ldm", dynamic_ncols=True, mininterval=10, disable=not accelerator.is_main_process)
+    while state["step"] < max_steps:
+        step = state["step"]
+        bucket = buckets[rng.choice(len(buckets), p=bucket_sizes / bucket_sizes.sum())]
+        rows = rng.integers(0, len(train_latents[f"rows_{bucket}"]), train_cfg["batch_size"])
+        mean = train_latents[f"mean_{bucket}"][rows].float()
+        std = train_latents[f"std_{bucket}"][rows].float()
+        z = ((mean + std * torch.randn_like(mean)) - shift) * scale
+        image_rows = train_latents[f"rows_{bucket}"][rows]
+        variant = torch.from_numpy(rng.integers(0, text["variant_index"].shape[1], len(rows)))
+        prompts = text["variant_index"][image_rows, variant]
+        drop = torch.from_numpy(rng.random(len(rows)) < data_cfg["prompt_dropout"])
+        prompts = torch.where(drop, torch.full_like(prompts, empty_index), prompts)
+        noise = torch.randn_like(z)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(rows),))
+        lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss = loss_for(unet, projection, z.to(device), noise.to(device), t, prompts)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_unet.update(accelerator.unwrap_model(unet))
+        ema_projection.update(accelerator.unwrap_model(projection))
+        state["step"] += 1
+        state["samples_seen"] += len(rows) * accelerator.num_processes
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
+        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
+        finished = state["step"] >= max_steps
+        val = None
+        if (due or out_of_time or finished) and accelerator.is_main_process:
+            val = validation_loss()
+            state["wall_seconds"] = wall_at_start + time.time() - session_start
+            ckpt.save(
+                state["step"],
+                {
+                    "unet": accelerator.unwrap_model(unet).state_dict(),
+                    "text_projection": accelerator.unwrap_model(projection).state_dict(),
+                    "ema_unet": ema_unet.state_dict(),
+                    "ema_text_projection": ema_projection.state_dict(),
+                },
+                {**state, "val_loss": val, "latent_shift": shift, "latent_scale": scale, "autoencoder": str(autoencoder_dir)},
+                {"optimizer": opt},
+            )
+            if train_cfg.get("sample_grid", True):
+                write_sample_grid(build_ema_pipeline(), run_dir / "samples" / f"step-{state['step']:08d}.png")
+            last_ckpt = time.time()
+            print(f"\nstep {state['step']}: val loss {val:.4f} (EMA), {state['samples_seen']} samples, {state['wall_seconds'] / 3600:.2f} h", flush=True)
+        if accelerator.is_main_process and (state["step"] % 10 == 0 or val is not None):
+            log.append({
+                "step": state["step"], "samples_seen": state["samples_seen"],
+                "wall_seconds": round(wall_at_start + time.time() - session_start, 1),
+                "loss": loss.item(), "lr": lr, "val_loss": val if val is not None else "",
+            })
+        if out_of_time:
+            break
+    bar.close()
+    return state
+
+
+def write_sample_grid(pipe: XRayDiffusionPipeline, path: Path, prompts: tuple[str, ...] = MONITOR_PROMPTS, seeds: tuple[int, ...] = (0, 1)) -> None:
+    """A grid: one row per seed, one column per prompt (same seed across a row)."""
+    from PIL import Image
+
+    tiles = [[pipe(p, seed=s).pil_images[0] for p in prompts] for s in seeds]
+    size = tiles[0][0].size[0]
+    grid = Image.new("L", (size * len(prompts), size * len(seeds)))
+    for r, row in enumerate(tiles):
+        for c, tile in enumerate(row):
+            grid.paste(tile, (c * size, r * size))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+
+
+def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str | None = None) -> Path:
+    """Write the latest checkpoint's EMA weights as a shippable pipeline folder (safetensors + MANIFEST)."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    latest = CheckpointDir(run_dir).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    state = json.loads((latest / "state.json").read_text())
+    autoencoder = AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True)
+    autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"])
+    encoder = FrozenTextEncoder(text_encoder or config["text_encoder"], max_length=config.get("text_max_length", 64))
+    unet = build_unet(config["unet"])
+    unet.load_state_dict({k: v for k, v in load_file(str(latest / "ema_unet.safetensors")).items()}, strict=False)
+    projection = TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
+    projection.load_state_dict(load_file(str(latest / "ema_text_projection.safetensors")), strict=False)
+    pipe = XRayDiffusionPipeline(autoencoder, unet, projection, DDPMScheduler(**config["scheduler"]), encoder)
+    pipe.generation_defaults.update(config.get("generation_defaults", {}))
+    pipe.model_name = config.get("model_name", "ldm")
+    pipe.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train (or resume) the UNet")
+    train.add_argument("--config", required=True)
+    train.add_argument("--run", required=True)
+    train.add_argument("--resume", action="store_true")
+    train.add_argument("--max-minutes", type=float, default=None)
+    train.add_argument("--data-dir", default=None)
+    export = sub.add_parser("export", help="write the latest EMA weights as a pipeline folder")
+    export.add_argument("--run", required=True)
+    export.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
+    else:
+        print(export_pipeline(args.run, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Stage 1: train the 1-channel AutoencoderKL on radiograph crops, then on near-full frames.
+
+Loss = L1 + ssim_weight * (1 - SSIM) + gradient_weight * edge L1 + kl_weight * KL
+       (+ adversarial_weight * PatchGAN hinge term after `adversarial_from_step`).
+
+    python -m xray_generator.training.train_vae train --config configs/vae.json --run outputs/runs/vae --resume
+    python -m xray_generator.training.train_vae export --run outputs/runs/vae --out outputs/runs/vae/autoencoder
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
+from xray_generator.data.manifest import load_manifest
+from xray_generator.evaluation.paired import psnr, ssim
+from xray_generator.models.autoencoder import build_autoencoder
+from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog
+from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
+
+LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
+
+
+def load_config(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@torch.no_grad()
+def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[float, float]:
+    """Mean PSNR/SSIM of full-frame reconstructions (posterior mean, 8-bit quantised like a saved PNG)."""
+    autoencoder.eval()
+    psnrs, ssims = [], []
+    for frame in frames:
+        x = torch.from_numpy(frame.astype(np.float32) / 127.5 - 1.0)[None, None]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = autoencoder.encode(x).latent_dist.mode()
+            rec = autoencoder.decode(z).sample.float()
+        rec8 = np.round(((rec[0, 0].clamp(-1, 1) + 1) * 127.5).numpy()) / 255.0
+        ref = frame.astype(np.float64) / 255.0
+        psnrs.append(psnr(ref, rec8))
+        ssims.append(ssim(ref, rec8))
+    autoencoder.train()
+    return float(np.mean(psnrs)), float(np.mean(ssims))
+
+
+def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minutes: float | None = None, data_dir: str | Path | None = None) -> dict:
+    train_cfg, data_cfg = config["train"], config["data"]
+    torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
+    torch.manual_seed(train_cfg.get("seed", 0))
+    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+
+    manifest = load_manifest(data_dir)
+    train_manifest = manifest.query(split="train")
+    if data_cfg.get("max_images"):
+        train_manifest.table = train_manifest.table.iloc[: data_cfg["max_images"]]
+    val_manifest = manifest.query(split="val", native_px=256)
+    val_frames = load_images_uint8(val_manifest)[: train_cfg.get("val_images", 32)]
+    images = load_images_uint8(train_manifest)
+
+    autoencoder = build_autoencoder(config["model"]).to(memory_format=torch.channels_last)
+    discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32))
+    opt = torch.optim.AdamW(autoencoder.parameters(), lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    opt_d = torch.optim.AdamW(discriminator.parameters(), lr=train_cfg["lr"], betas=(0.5, 0.9), weight_decay=0.0)
+    ema = EMA(autoencoder, train_cfg.get("ema_decay", 0.999))
+
+    ckpt = CheckpointDir(run_dir)
+    log = LossLog(run_dir / "log.csv", LOG_FIELDS)
+    state = {"step": 0, "samples_seen": 0, "wall_seconds": 0.0}
+    if resume and (latest := ckpt.latest()) is not None:
+        modules, state = ckpt.load(latest, {"optimizer": opt, "optimizer_d": opt_d})
+        autoencoder.load_state_dict(modules["autoencoder"])
+        discriminator.load_state_dict(modules["discriminator"])
+        ema.load_state_dict(modules["ema"])
+        log.truncate_after(state["step"])
+        print(f"resumed from {latest.name}: step {state['step']}, {state['samples_seen']} samples")
+
+    crops = RandomCropDataset(images, data_cfg["crop_size"], length=10**9, seed=train_cfg.get("seed", 0))
+    frames = RandomCropDataset(images, data_cfg["full_crop_size"], length=10**9, seed=train_cfg.get("seed", 0) + 1)
+    crop_loader = DataLoader(crops, batch_size=train_cfg["batch_size"], num_workers=0)
+    frame_loader = DataLoader(frames, batch_size=train_cfg["full_batch_size"], num_workers=0)
+    autoencoder, discriminator, opt, opt_d, crop_loader, frame_loader = accelerator.prepare(
+        autoencoder, discriminator, opt, opt_d, crop_loader, frame_loader
+    )
+    crop_iter, frame_iter = iter(crop_loader), iter(frame_loader)
+
+    max_steps = train_cfg["max_steps"]
+    full_from = int(train_cfg["full_frame_from_fraction"] * max_steps)
+    session_start = time.time()
+    last_ckpt = time.time()
+    wall_at_start = state["wall_seconds"]
+    bar = tqdm(total=max_steps, initial=state["step"], desc="vae", dynamic_ncols=True, mininterval=5)
+
+    def save(val: tuple[float, float] | None) -> None:
+        state["wall_seconds"] = wall_at_start + time.time() - session_start
+        unwrapped = accelerator.unwrap_model(autoencoder)
+        ckpt.save(
+            state["step"],
+            {"autoencoder": unwrapped.state_dict(), "ema": ema.state_dict(), "discriminator": accelerator.unwrap_model(discriminator).state_dict()},
+            {**state, "val_psnr": val[0] if val else None, "val_ssim": val[1] if val else None},
+            {"optimizer": opt, "optimizer_d": opt_d},
+        )
+
+    while state["step"] < max_steps:
+        step = state["step"]
+        x = next(frame_iter) if step >= full_from else next(crop_iter)
+        x = x.to(memory_format=torch.channels_last)
+        lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        use_adv = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= train_cfg.get("adversarial_from_step", max_steps)
+        with accelerator.autocast():
+            posterior = autoencoder.encode(x).latent_dist
+            rec = autoencoder.decode(posterior.sample()).sample
+        # Losses in fp32: SSIM's variance terms and the KL's exp(logvar) are unstable in bf16.
+        rec = rec.float()
+        l1 = (rec - x).abs().mean()
+        s_term = ssim_loss(rec, x)
+        g_term = gradient_loss(rec, x)
+        mean, logvar = posterior.mean.float(), posterior.logvar.float()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
+        loss = l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term + train_cfg["kl_weight"] * kl
+        adv_g = torch.zeros(())
+        if use_adv:
+            with accelerator.autocast():
+                adv_g = -discriminator(rec).float().mean()
+            loss = loss + train_cfg["adversarial_weight"] * adv_g
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        opt.step()
+        adv_d = torch.zeros(())
+        if use_adv:
+            with accelerator.autocast():
+                adv_d = hinge_discriminator_loss(discriminator(x).float(), discriminator(rec.detach()).float())
+            opt_d.zero_grad(set_to_none=True)
+            accelerator.backward(adv_d)
+            opt_d.step()
+        ema.update(accelerator.unwrap_model(autoencoder))
+        state["step"] += 1
+        state["samples_seen"] += x.shape[0]
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}")
+
+        val = None
+        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
+        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
+        finished = state["step"] >= max_steps
+        if due or out_of_time or finished:
+            shadow = build_autoencoder(config["model"])
+            ema.copy_to(shadow)
+            val = evaluate_reconstruction(shadow, val_frames)
+            save(val)
+            last_ckpt = time.time()
+            print(f"\nstep {state['step']}: val PSNR {val[0]:.2f} dB, SSIM {val[1]:.4f} (EMA, n={len(val_frames)})", flush=True)
+        if state["step"] % 10 == 0 or val is not None:
+            log.append({
+                "step": state["step"], "samples_seen": state["samples_seen"],
+                "wall_seconds": round(wall_at_start + time.time() - session_start, 1),
+                "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(),
+                "kl": kl.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(), "lr": lr,
+                "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
+            })
+        if out_of_time:
+            break
+    bar.close()
+    return state
+
+
+def export_autoencoder(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the latest checkpoint's EMA autoencoder as a diffusers folder (safetensors)."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.json")
+    latest = CheckpointDir(run_dir).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    autoencoder = build_autoencoder(config["model"])
+    ema = EMA(autoencoder)
+    ema.load_state_dict(load_file(str(latest / "ema.safetensors")))
+    ema.copy_to(autoencoder)
+    autoencoder.save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train (or resume) the autoencoder")
+    train.add_argument("--config", required=True)
+    train.add_argument("--run", required=True, help="run folder for checkpoints and the loss log")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) when this much time has passed")
+    train.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
+    export = sub.add_parser("export", help="write the latest EMA weights as a diffusers AutoencoderKL folder")
+    export.add_argument("--run", required=True)
+    export.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        train_vae(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
+    else:
+        print(export_autoencoder(args.run, args.out))
+
+
+if __name__ == "__main__":
+    main()
