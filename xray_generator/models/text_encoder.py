@@ -80,7 +80,9 @@ class FrozenTextEncoder(torch.nn.Module):
     def __init__(self, name_or_path: str | Path = DEFAULT_TEXT_ENCODER, max_length: int = 64):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in CLI output
         self.name, source = resolve_encoder_source(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         self.model = AutoModel.from_pretrained(source, use_safetensors=True)

@@ -186,10 +186,13 @@ class EMA:
         self.shadow = {k: v.detach().float().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
 
     @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
+    def update(self, module: torch.nn.Module, step: int | None = None) -> None:
+        # Warm-up (as in diffusers' EMAModel): early on, the average follows the weights closely,
+        # so a short run's EMA is not dominated by its random initialisation.
+        decay = self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
         for key, value in module.state_dict().items():
             if key in self.shadow:
-                self.shadow[key].lerp_(value.detach().float(), 1.0 - self.decay)
+                self.shadow[key].lerp_(value.detach().float(), 1.0 - decay)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

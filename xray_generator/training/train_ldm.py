@@ -241,8 +241,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_unet.update(accelerator.unwrap_model(unet))
-        ema_projection.update(accelerator.unwrap_model(projection))
+        ema_unet.update(accelerator.unwrap_model(unet), step)
+        ema_projection.update(accelerator.unwrap_model(projection), step)
         state["step"] += 1
         state["samples_seen"] += len(rows) * accelerator.num_processes
         bar.update(1)
@@ -270,7 +270,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                 write_sample_grid(build_ema_pipeline(), run_dir / "samples" / f"step-{state['step']:08d}.png")
             last_ckpt = time.time()
             print(f"\nstep {state['step']}: val loss {val:.4f} (EMA), {state['samples_seen']} samples, {state['wall_seconds'] / 3600:.2f} h", flush=True)
-        if accelerator.is_main_process and (state["step"] % 10 == 0 or val is not None):
+        if accelerator.is_main_process and (state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None):
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
                 "wall_seconds": round(wall_at_start + time.time() - session_start, 1),

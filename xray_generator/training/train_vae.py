@@ -164,7 +164,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             save(val)
             last_ckpt = time.time()
             print(f"\nstep {state['step']}: val PSNR {val[0]:.2f} dB, SSIM {val[1]:.4f} (EMA, n={len(val_frames)})", flush=True)
-        if state["step"] % 10 == 0 or val is not None:
+        if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
                 "wall_seconds": round(wall_at_start + time.time() - session_start, 1),

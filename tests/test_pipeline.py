@@ -1,0 +1,121 @@
+"""The latent diffusion pipeline on a tiny untrained config: shapes, determinism, CFG, samplers, persistence."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from xray_generator.pipelines.latent_diffusion import GenerationCancelled, XRayDiffusionPipeline
+from xray_generator.weights import WeightsError
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir):
+    return XRayDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
+
+
+def test_output_shapes_range_and_provenance(pipe):
+    out = pipe(["normal chest", "pneumonia"], num_images_per_prompt=2, seed=1)
+    assert len(out.images) == 4 and len(out.pil_images) == 4
+    for image in out.images:
+        assert image.shape == (256, 256) and image.dtype == np.float32
+        assert 0.0 <= image.min() and image.max() <= 1.0
+    assert out.pil_images[0].mode == "L" and out.pil_images[0].size == (256, 256)
+    meta = out.metadata[3]
+    assert meta["prompt"] == "pneumonia" and meta["seed"] == 1 and meta["synthetic"] is True
+    assert meta["weights_sha256"] == pipe.weights_hash and meta["sampler"] == "dpm++"
+
+
+def test_same_seed_same_image_and_different_seed_differs(pipe):
+    a = pipe("right lower lobe pneumonia", seed=7).images[0]
+    b = pipe("right lower lobe pneumonia", seed=7).images[0]
+    c = pipe("right lower lobe pneumonia", seed=8).images[0]
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_batch_image_zero_matches_single_generation(pipe):
+    single = pipe("normal chest", seed=3).images[0]
+    batch = pipe("normal chest", seed=3, num_images_per_prompt=2).images[0]
+    np.testing.assert_allclose(single, batch, atol=2e-2)
+
+
+def test_guidance_on_and_off_and_negative_prompt(pipe):
+    guided = pipe("pneumonia", seed=2, guidance_scale=5.0).images[0]
+    unguided = pipe("pneumonia", seed=2, guidance_scale=1.0).images[0]
+    negative = pipe("pneumonia", seed=2, guidance_scale=5.0, negative_prompt="normal").images[0]
+    assert not np.array_equal(guided, unguided)
+    assert not np.array_equal(guided, negative)
+
+
+@pytest.mark.parametrize("sampler", ["dpm++", "ddim", "unipc"])
+def test_each_sampler_runs_and_reports_steps(pipe, sampler):
+    seen = []
+    out = pipe("normal chest", seed=0, sampler=sampler, num_inference_steps=4, callback_on_step_end=lambda p, i, t, kw: seen.append(i))
+    assert seen == [0, 1, 2, 3]
+    assert out.metadata[0]["sampler"] == sampler and np.isfinite(out.images[0]).all()
+
+
+def test_callback_can_cancel(pipe):
+    with pytest.raises(GenerationCancelled):
+        pipe("normal chest", seed=0, callback_on_step_end=lambda p, i, t, kw: {"interrupt": True})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"prompt": ""}, "prompt is empty"),
+        ({"prompt": "   \n\t"}, "prompt is empty"),
+        ({"prompt": "x" * 10_001}, "limit is"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": "x", "num_inference_steps": 2.5}, "num_inference_steps"),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale"),
+        ({"prompt": "x", "guidance_scale": -1}, "guidance_scale"),
+        ({"prompt": "x", "seed": -5}, "seed"),
+        ({"prompt": "x", "seed": "abc"}, "seed"),
+        ({"prompt": "x", "sampler": "euler-magic"}, "sampler"),
+        ({"prompt": "x", "height": 250}, "height"),
+        ({"prompt": "x", "num_images_per_prompt": 0}, "num_images_per_prompt"),
+    ],
+)
+def test_bad_input_gets_a_clear_value_error(pipe, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        pipe(**kwargs)
+
+
+def test_long_prompt_is_truncated_with_a_notice(pipe):
+    out = pipe("bilateral opacities " * 200, seed=0)
+    assert out.notices and "truncated" in out.notices[0]
+
+
+def test_save_load_round_trip_gives_identical_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "copy")
+    again = XRayDiffusionPipeline.from_pretrained(tmp_path / "copy")
+    assert again.weights_hash == XRayDiffusionPipeline.from_pretrained(tmp_path / "copy").weights_hash
+    np.testing.assert_array_equal(pipe("normal chest", seed=5).images[0], again("normal chest", seed=5).images[0])
+    manifest = json.loads((tmp_path / "copy" / "MANIFEST.json").read_text())
+    assert "unet/diffusion_pytorch_model.safetensors" in manifest["files"]
+    assert not list((tmp_path / "copy").rglob("*.bin"))
+
+
+def test_tampered_truncated_or_missing_weights_are_refused(tiny_pipeline_dir, tmp_path):
+    for case in ("tampered", "truncated", "missing", "no-manifest", "pickle"):
+        folder = tmp_path / case
+        shutil.copytree(tiny_pipeline_dir, folder)
+        unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
+        if case == "tampered":
+            data = bytearray(unet_file.read_bytes())
+            data[-10] ^= 0xFF
+            unet_file.write_bytes(bytes(data))
+        elif case == "truncated":
+            unet_file.write_bytes(unet_file.read_bytes()[:-100])
+        elif case == "missing":
+            unet_file.unlink()
+        elif case == "no-manifest":
+            (folder / "MANIFEST.json").unlink()
+        else:
+            (folder / "unet" / "extra.bin").write_bytes(b"\x80\x04pickle")
+        with pytest.raises(WeightsError):
+            XRayDiffusionPipeline.from_pretrained(folder)

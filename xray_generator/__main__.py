@@ -1,0 +1,139 @@
+"""Command line for CXR Studio. Research use only; every generated image is marked synthetic.
+
+    python -m xray_generator generate --prompt "right lower lobe pneumonia" --seed 0 -o out.png
+    python -m xray_generator generate --prompt "normal pediatric chest" --n 8 -o batch/
+    python -m xray_generator verify-weights
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _load_pipeline(args):
+    from xray_generator.models.text_encoder import TextEncoderError
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+    from xray_generator.pipelines.registry import UnknownGeneratorError, generator_folder
+    from xray_generator.weights import WeightsError
+
+    try:
+        folder = Path(args.weights) if args.weights else generator_folder(args.model)
+        return XRayDiffusionPipeline.from_pretrained(folder, text_encoder=args.text_encoder)
+    except (WeightsError, TextEncoderError, UnknownGeneratorError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _batch_paths(output: Path, n: int) -> tuple[list[Path], Path]:
+    folder = output if output.suffix.lower() != ".png" else output.parent
+    stem = "xray" if output.suffix.lower() != ".png" else output.stem
+    return [folder / f"{stem}_{i:04d}.png" for i in range(n)], folder / f"{stem}_manifest.csv"
+
+
+def command_generate(args) -> int:
+    from xray_generator.io import read_png_metadata, save_png_with_metadata
+    from xray_generator.training.checkpointing import atomic_write_text
+
+    pipe = _load_pipeline(args)
+    output = Path(args.output)
+    settings = dict(
+        negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler
+    )
+    if args.n == 1 and output.suffix.lower() == ".png":
+        targets, manifest_path = [output], None
+    else:
+        targets, manifest_path = _batch_paths(output, args.n)
+    rows = []
+    for i, target in enumerate(targets):
+        seed = args.seed + i
+        if target.is_file():  # a rerun of an interrupted batch skips images already made with the same settings
+            existing = read_png_metadata(target)
+            if existing.get("prompt") == args.prompt and existing.get("seed") == seed and existing.get("weights_sha256") == pipe.weights_hash and existing.get("steps") == (args.steps or pipe.generation_defaults["num_inference_steps"]):
+                rows.append({**existing, "file": target.name})
+                continue
+        start = time.perf_counter()
+        try:
+            result = pipe(args.prompt, seed=seed, **settings)
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        elapsed = time.perf_counter() - start
+        for notice in result.notices:
+            print(f"note: {notice}", file=sys.stderr)
+        save_png_with_metadata(result.images[0], target, result.metadata[0])
+        rows.append({**result.metadata[0], "file": target.name})
+        print(f"{target}  ({elapsed:.2f} s, {result.metadata[0]['steps'] / elapsed:.1f} steps/s)")
+        if manifest_path is not None:
+            _write_manifest(manifest_path, rows, atomic_write_text)
+    return 0
+
+
+def _write_manifest(path: Path, rows: list[dict], atomic_write_text) -> None:
+    fields = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "height", "width", "precision", "synthetic"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def command_verify(args) -> int:
+    from xray_generator.pipelines.registry import GENERATORS, generator_folder
+    from xray_generator.weights import WeightsError, verify_manifest
+
+    failures = 0
+    for name in GENERATORS:
+        folder = generator_folder(name)
+        try:
+            print(f"{name}: ok  {verify_manifest(folder)}  ({folder})")
+        except WeightsError as exc:
+            failures += 1
+            print(f"{name}: FAILED  {exc}")
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m xray_generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate chest X-rays from a text prompt")
+    gen.add_argument("--prompt", required=True, help="radiology-style description")
+    gen.add_argument("--negative-prompt", default=None)
+    gen.add_argument("--seed", type=int, default=0, help="seed of the first image; batch image i uses seed+i")
+    gen.add_argument("--steps", type=int, default=None, help="sampler steps (default from the model, 14)")
+    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default from the model)")
+    gen.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
+    gen.add_argument("--n", type=int, default=1, help="number of images; with more than 1, -o is a folder or a stem")
+    gen.add_argument("-o", "--output", required=True, help="output PNG, or a folder for a batch")
+    gen.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
+    gen.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
+    gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
+    gen.set_defaults(func=command_generate)
+    ver = sub.add_parser("verify-weights", help="check every shipped weights folder against its MANIFEST.json")
+    ver.set_defaults(func=command_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "n", 1) < 1 or getattr(args, "n", 1) > 10_000:
+        parser.error("--n must be between 1 and 10000")
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished images and the manifest are complete on disk", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
