@@ -23,7 +23,11 @@ def to_float_gray(array: np.ndarray) -> np.ndarray:
             arr = arr[..., :3]
         if arr.shape[2] == 3:
             arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-            arr = arr / (65535.0 if np.asarray(array).dtype == np.uint16 else 255.0)
+            source_dtype = np.asarray(array).dtype
+            if source_dtype == np.uint16:
+                arr = arr / 65535.0
+            elif source_dtype == np.uint8:
+                arr = arr / 255.0  # float RGB is taken to be in [0, 1] already
             return np.clip(arr, 0.0, 1.0).astype(np.float32)
         if arr.shape[2] == 1:
             arr = arr[..., 0]

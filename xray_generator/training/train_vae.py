@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -69,9 +70,18 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     val_frames = load_images_uint8(val_manifest)[: train_cfg.get("val_images", 32)]
     images = load_images_uint8(train_manifest)
 
-    autoencoder = build_autoencoder(config["model"]).to(memory_format=torch.channels_last)
+    autoencoder = build_autoencoder(config["model"])
+    if config.get("init_from"):
+        # Decoder fine-tuning (as Stable Diffusion's ft-MSE VAE): start from a trained autoencoder.
+        autoencoder.load_state_dict(AutoencoderKL.from_pretrained(config["init_from"], use_safetensors=True).state_dict())
+    if train_cfg.get("freeze_encoder"):
+        # A frozen encoder keeps the latent space fixed, so a UNet trained on it stays valid.
+        autoencoder.encoder.requires_grad_(False)
+        autoencoder.quant_conv.requires_grad_(False)
+    autoencoder = autoencoder.to(memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32))
-    opt = torch.optim.AdamW(autoencoder.parameters(), lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    trainable = [p for p in autoencoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=train_cfg["lr"], betas=(0.5, 0.9), weight_decay=0.0)
     ema = EMA(autoencoder, train_cfg.get("ema_decay", 0.999))
 
@@ -138,7 +148,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             loss = loss + train_cfg["adversarial_weight"] * adv_g
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(autoencoder.parameters(), 1.0)
+        accelerator.clip_grad_norm_(trainable, 1.0)
         opt.step()
         adv_d = torch.zeros(())
         if use_adv:
@@ -147,7 +157,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             opt_d.zero_grad(set_to_none=True)
             accelerator.backward(adv_d)
             opt_d.step()
-        ema.update(accelerator.unwrap_model(autoencoder))
+        ema.update(accelerator.unwrap_model(autoencoder), step)
         state["step"] += 1
         state["samples_seen"] += x.shape[0]
         bar.update(1)

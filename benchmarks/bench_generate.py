@@ -1,0 +1,87 @@
+"""Benchmark one 256x256 image at the default settings against a seed-style reference, same weights, same run.
+
+Prints median latency, steps/s, model load time and peak RSS for:
+  - default: the shipped settings (DPM-Solver++, pipeline.json steps/guidance, bf16 autocast)
+  - reference: the seed design's setting (DDIM, 50 steps, guidance 10, fp32)
+and the ratio of their medians.
+
+    python benchmarks/bench_generate.py [--weights weights/ldm] [--repeats 7]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
+
+PROMPT = "Adult PA chest radiograph: right lower lobe pneumonia."
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def time_calls(pipe, repeats: int, **kwargs) -> list[float]:
+    pipe(PROMPT, seed=0, **kwargs)  # warm-up: first call pays one-off allocator and kernel set-up costs
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        pipe(PROMPT, seed=i, **kwargs)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=str(Path(__file__).resolve().parent.parent / "weights" / "ldm"))
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--reference-repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    pipe = XRayDiffusionPipeline.from_pretrained(args.weights)
+    load_seconds = time.perf_counter() - start
+    defaults = dict(pipe.generation_defaults)
+    default_times = time_calls(pipe, args.repeats)
+    rss_default = peak_rss_mb()
+
+    pipe.precision = "fp32"
+    reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0)
+    reference_times = time_calls(pipe, args.reference_repeats, **reference)
+    pipe.precision = "bf16"
+
+    d_med, r_med = statistics.median(default_times), statistics.median(reference_times)
+    steps = defaults["num_inference_steps"]
+    results = {
+        "threads": torch.get_num_threads(),
+        "weights_sha256": pipe.weights_hash,
+        "load_seconds": round(load_seconds, 3),
+        "default": {"settings": {**defaults, "precision": "bf16"}, "n": len(default_times), "median_s": round(d_med, 4), "steps_per_s": round(steps / d_med, 2), "all_s": [round(t, 4) for t in default_times]},
+        "reference": {"settings": {**reference, "precision": "fp32"}, "n": len(reference_times), "median_s": round(r_med, 4), "steps_per_s": round(50 / r_med, 2), "all_s": [round(t, 4) for t in reference_times]},
+        "speedup": round(r_med / d_med, 2),
+        "peak_rss_mb_after_default": round(rss_default, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    print(f"threads: {results['threads']}   weights: {pipe.weights_hash}")
+    print(f"model load:              {load_seconds:.2f} s")
+    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']}, bf16): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
+    print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
+    print(f"speed-up: {r_med / d_med:.1f}x")
+    print(f"peak RSS: {rss_default:.0f} MB after the default runs, {peak_rss_mb():.0f} MB overall")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

