@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -102,7 +103,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         self.vae.save_pretrained(staging / "vae", safe_serialization=True)
-        self.unet.save_pretrained(staging / "unet", safe_serialization=True)
+        # The UNet is stored in bf16 (it runs under bf16 autocast anyway) and sharded, which halves
+        # what a clone downloads and keeps every file small enough for plain git.
+        unet_bf16 = copy.deepcopy(self.unet).to(torch.bfloat16)
+        unet_bf16.save_pretrained(staging / "unet", safe_serialization=True, max_shard_size="20MB")
+        del unet_bf16
         self.text_projection.save_pretrained(staging / "text_projection", safe_serialization=True)
         self.scheduler.save_pretrained(staging / "scheduler")
         info = {
@@ -137,7 +142,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         if not isinstance(text_encoder, FrozenTextEncoder):
             text_encoder = FrozenTextEncoder(text_encoder or info["text_encoder"], max_length=info.get("text_max_length", 64))
         vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True)
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).float()
         projection = TextProjection.from_pretrained(folder / "text_projection", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
         pipe = cls(vae=vae, unet=unet, text_projection=projection, scheduler=scheduler, text_encoder=text_encoder)

@@ -1,0 +1,227 @@
+"""xray_generator.studio: the plain functions behind the studio's pages, tested without Streamlit."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xray_generator import studio
+from xray_generator.io import read_png_metadata
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One thread: these tests share two cores with background training, where two threads
+    oversubscribe the CPU and each step runs many times slower. Restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_weights_root):
+    return studio.load_pipeline("ldm", tiny_weights_root)
+
+
+@pytest.fixture
+def outputs(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXR_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    return tmp_path / "outputs"
+
+
+def test_studio_never_imports_streamlit():
+    code = "import sys, xray_generator.studio, xray_generator.dicom; sys.exit('streamlit' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_each_image_of_a_batch_has_its_own_reproducible_seed(pipe):
+    steps = []
+    result = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=7, num_images=2, steps=2),
+                                    on_step=lambda done, total: steps.append((done, total)))
+    assert [item.metadata["seed"] for item in result.images] == [7, 8]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.total_steps == 4 and result.steps_per_second > 0
+    again = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=8, steps=2))
+    assert np.array_equal(again.images[0].native, result.images[1].native)
+    metadata = result.images[0].metadata
+    assert metadata["synthetic"] is True and metadata["weights_sha256"] == pipe.weights_hash
+    assert metadata["resolution"] == 256 and metadata["upscaled"] is False
+
+
+def test_same_seed_gives_the_same_image_while_another_generation_runs(pipe):
+    request = studio.GenerationRequest("cardiomegaly", seed=123, steps=3)
+    with studio.generation_lock():
+        alone = studio.generate_images(pipe, request).images[0].native
+    other = threading.Thread(target=lambda: [studio.generate_images(pipe, studio.GenerationRequest("effusion", seed=s, steps=3))
+                                             for s in range(3)])
+    other.start()
+    waited = []
+    with studio.generation_lock(on_wait=lambda: waited.append(True)):
+        busy = studio.generate_images(pipe, request).images[0].native
+    other.join()
+    assert np.array_equal(alone, busy)
+
+
+def test_lock_reports_waiting_when_held():
+    calls = []
+
+    def try_to_generate():
+        try:
+            with studio.generation_lock(on_wait=lambda: calls.append("waiting"), timeout=0.05):
+                calls.append("ran")
+        except TimeoutError:
+            calls.append("timed out")
+
+    with studio.generation_lock():
+        waiter = threading.Thread(target=try_to_generate)
+        waiter.start()
+        waiter.join()
+    assert calls == ["waiting", "timed out"]
+
+
+def test_cancel_stops_generation(pipe):
+    from xray_generator.pipelines.latent_diffusion import GenerationCancelled
+
+    with pytest.raises(GenerationCancelled):
+        studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=1, steps=3), should_cancel=lambda: True)
+
+
+def test_upscaled_and_enhanced_output_is_labelled(pipe):
+    result = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=1, steps=2, resolution=768, preset="High Contrast"))
+    item = result.images[0]
+    assert item.image.shape == (768, 768) and item.native.shape == (256, 256)
+    assert item.metadata["upscaled"] is True and "no detail added" in item.metadata["upscale_method"]
+    assert item.metadata["enhancement_steps"][0]["operation"] == "window"
+    assert item.caption.startswith("SYNTHETIC") and "upscaled from 256" in item.caption
+
+
+@pytest.mark.parametrize("change, message", [({"prompt": " "}, "prompt is empty"), ({"resolution": 300}, "resolution"),
+                                             ({"num_images": 0}, "number of images")])
+def test_bad_requests_raise_value_errors_with_a_message(pipe, change, message):
+    with pytest.raises(ValueError, match=message):
+        studio.generate_images(pipe, studio.GenerationRequest(**{"prompt": "pneumonia", **change}))
+
+
+def test_batch_zip_holds_pngs_and_a_manifest(pipe):
+    result = studio.generate_images(pipe, studio.GenerationRequest("viral pneumonia", seed=3, num_images=2, steps=2))
+    archive = zipfile.ZipFile(io.BytesIO(studio.batch_zip_bytes(result.images)))
+    pngs = [name for name in archive.namelist() if name.endswith(".png")]
+    assert len(pngs) == 2 and {"manifest.csv", "manifest.json"} <= set(archive.namelist())
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert [row["seed"] for row in rows] == ["3", "4"]
+    assert all(row["prompt"] == "viral pneumonia" and row["weights_sha256"] == pipe.weights_hash for row in rows)
+    assert {"sampler", "steps", "guidance"} <= set(rows[0])
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["images"][0]["file"] == pngs[0]
+    assert read_png_metadata(archive.read(pngs[1]))["seed"] == 4
+
+
+def test_generator_statuses_say_why_a_family_is_unavailable(tmp_path, tiny_weights_root):
+    assert studio.generator_statuses(tiny_weights_root)[0].available
+    missing = studio.generator_statuses(tmp_path)[0]
+    assert not missing.available and "no weights" in missing.reason
+    (tmp_path / "ldm").mkdir()
+    assert "MANIFEST.json" in studio.generator_statuses(tmp_path)[0].reason
+
+
+def test_custom_preset_holds_only_changed_operations_and_round_trips(outputs):
+    from post_process import validate_preset
+
+    neutral = {"window_center": 0.5, "window_width": 1.0, "median_kernel": 1, "clahe_clip": 0.0, "gamma": 1.0}
+    assert studio.custom_preset_steps(neutral) == []
+    steps = studio.custom_preset_steps({**neutral, "clahe_clip": 2.0, "clahe_tiles": 6, "unsharp_amount": 1.0, "vignette": 0.2})
+    assert [name for name, _ in validate_preset(steps)] == ["clahe", "unsharp_mask", "vignette"]
+    path = studio.save_custom_preset("Lung detail", steps)
+    assert path.parent == outputs / "presets"
+    (outputs / "presets" / "broken.json").write_text("{not json")
+    presets, problems = studio.saved_presets()
+    assert list(presets) == ["Lung detail"] and len(problems) == 1 and "broken.json" in problems[0]
+    assert json.loads(studio.preset_json_bytes("Lung detail", steps))["presets"]["Lung detail"][0]["operation"] == "clahe"
+
+
+def test_metrics_files_and_training_logs_are_found(outputs, monkeypatch, tmp_path):
+    from xray_generator.evaluation.report import build_metric, write_metrics_json
+
+    assert studio.load_metrics_files() == ([], [])
+    write_metrics_json(outputs / "metrics" / "ldm.json", "ldm", {}, "f" * 64,
+                       [build_metric("fid", 30.0, 100, floor={"value": 2.0, "n": 50}), build_metric("memorisation_rate", 0.0, 100)])
+    documents, problems = studio.load_metrics_files()
+    table = studio.metrics_table(documents)
+    assert list(table["metric"]) == ["fid", "memorisation_rate"] and table.loc[0, "floor"] == 2.0
+    assert table.loc[1, "ci"] == "not computed"
+    assert [studio.metric_family(m) for m in ("fid", "kid", "prdc_recall", "memorisation_rate", "ms_ssim_diversity")] == \
+        ["FID", "KID", "PRDC", "Memorisation", "Diversity"]
+    weights = tmp_path / "weights"
+    (weights / "cvae").mkdir(parents=True)
+    (weights / "cvae" / "training_log.csv").write_text("step,loss\n1,2.0\n")
+    (outputs / "metrics" / "ldm_training_log.csv").write_text("step,loss,lr\n1,1.0,0.1\n2,0.5,0.1\n")
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(weights))
+    logs = studio.find_training_logs()
+    assert {(log.model, len(log.table)) for log in logs} == {("ldm", 2), ("cvae", 1)}
+    assert studio.loss_columns(logs[0].table) == ["loss"]
+
+
+def test_layer_table_is_measured_from_the_modules(pipe):
+    runs = studio.dummy_runs(pipe)
+    assert set(runs) == {"unet", "vae", "text_projection", "text_encoder"}
+    unet = studio.layer_table(pipe.unet, runs["unet"])
+    assert unet.iloc[0]["total_params"] == studio.count_parameters(pipe.unet)
+    assert unet.iloc[0]["output_shape"].startswith("1×4×")
+    assert unet["own_params"].sum() == studio.count_parameters(pipe.unet)
+    assert set(studio.components_table(pipe)["component"]) == set(runs)
+
+
+def test_nearest_training_image_finds_an_exact_copy(outputs, monkeypatch):
+    from xray_generator.data.manifest import load_manifest
+
+    manifest = load_manifest(REPO / "dataset")
+    ids, vectors = studio.training_reference(manifest)
+    assert len(ids) == len(manifest.query(split="train")) and list((outputs / "cache" / "studio").glob("*.npz"))
+    copy = studio.read_resized(manifest.path_of(ids[5]))
+    [(nearest, correlation)] = studio.nearest_training([copy], ids, vectors)
+    assert nearest == ids[5] and correlation > 0.99
+    assert studio.training_reference(manifest)[0] == ids  # from the disk cache
+
+
+def test_quiz_is_balanced_and_gives_nothing_away_by_size(pipe):
+    generated = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=1, num_images=3, steps=1)).images
+    real = [(f"r{i}", np.full((224, 224), 0.5, np.float32)) for i in range(6)]
+    quiz = studio.build_quiz(real, generated, rounds=6, seed=0)
+    assert sum(item.synthetic for item in quiz) == 3 and len(quiz) == 6
+    assert {item.image.shape for item in quiz} == {(256, 256)}
+    assert studio.build_quiz([], generated) == []
+
+
+def test_missing_dataset_gives_a_message_not_an_exception(tmp_path):
+    manifest, message = studio.load_dataset(tmp_path)
+    assert manifest is None and "No dataset found" in message and "Generation still works" in message
+
+
+def test_classifier_is_reported_as_not_trained(tmp_path):
+    trained, message = studio.classifier_status(tmp_path)
+    assert not trained and message.startswith("Classifier not trained yet")
+
+
+SHIPPED = REPO / "weights" / "ldm" / "MANIFEST.json"
+
+
+@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights (weights/ldm) not present yet")
+def test_shipped_weights_generate_a_radiograph():
+    shipped = studio.load_pipeline("ldm", REPO / "weights")
+    result = studio.generate_images(shipped, studio.GenerationRequest("PA chest radiograph, no acute abnormality", seed=0, steps=4))
+    image = result.images[0].native
+    assert image.shape == (256, 256) and np.isfinite(image).all() and image.std() > 0.02
+    assert result.images[0].metadata["weights_sha256"] == shipped.weights_hash

@@ -1,0 +1,958 @@
+"""What the Streamlit studio needs from the library, as plain functions (this module never imports Streamlit).
+
+The pages in `pages/` are thin: they lay out widgets and call these functions. Everything here can be
+called from a test or a notebook. Heavy objects (pipelines, the manifest) are built by the plain
+loaders below; the app wraps them in `st.cache_resource` so each loads once per process.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import threading
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from xray_generator.io import png_bytes_with_metadata, read_gray, read_png_metadata
+from xray_generator.paths import outputs_dir, weights_dir
+
+DISCLAIMER = "Synthetic images for research use only. Not for clinical use."
+SYNTHETIC_CAPTION = "SYNTHETIC"
+NATIVE_RESOLUTION = 256
+# 512 and 768 are a plain resize of the 256 px output; they add pixels, never anatomical detail.
+UPSCALED_RESOLUTIONS = (512, 768)
+UPSCALE_METHOD = "bicubic resize of the 256 px output (no detail added)"
+MAX_IMAGES_PER_REQUEST = 8
+
+# ---------------------------------------------------------------------------------------------------
+# Model families and loading
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GeneratorStatus:
+    """A model family as the Generate page lists it: usable or not, and why not."""
+
+    name: str
+    title: str
+    description: str
+    folder: Path
+    available: bool
+    reason: str
+    weights_hash: str | None
+
+
+def generator_statuses(root: str | Path | None = None) -> list[GeneratorStatus]:
+    """Every registered family, with its weights hash when its folder is complete, else the reason it is not."""
+    from xray_generator.pipelines.registry import GENERATORS, generator_folder
+    from xray_generator.weights import MANIFEST_NAME, weights_hash
+
+    root = Path(root) if root is not None else weights_dir()
+    statuses = []
+    for name, spec in GENERATORS.items():
+        folder = generator_folder(name, root)
+        if (folder / MANIFEST_NAME).is_file():
+            statuses.append(GeneratorStatus(name, spec.title, spec.description, folder, True, "", weights_hash(folder)))
+            continue
+        if folder.is_dir():
+            reason = f"weights folder {folder} has no {MANIFEST_NAME} (export unfinished or files copied by hand)"
+        elif (outputs_dir() / "runs" / name).is_dir():
+            reason = f"being trained (run in outputs/runs/{name}); no exported weights in {folder} yet"
+        else:
+            reason = f"not trained yet: no weights in {folder}"
+        statuses.append(GeneratorStatus(name, spec.title, spec.description, folder, False, reason, None))
+    return statuses
+
+
+def load_pipeline(name: str, root: str | Path | None = None):
+    """Load (and verify) a family's generator. The app caches the result per (name, root, weights hash)."""
+    from xray_generator.pipelines.registry import load_generator
+
+    return load_generator(name, root)
+
+
+THREADS_ENV = "CXR_NUM_THREADS"
+
+
+def apply_thread_setting() -> int:
+    """Set torch's intra-op threads from CXR_NUM_THREADS (if set); return the count in use.
+
+    On a small machine that is also training, fewer threads than cores avoids oversubscription,
+    which can make each step many times slower than with one thread.
+    """
+    import torch
+
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from None
+        if threads < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def runtime_info() -> dict[str, Any]:
+    """Device, threads and memory, for the sidebar."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "rss_mb": process_memory_mb(),
+    }
+
+
+def process_memory_mb() -> float | None:
+    """Resident memory of this process in MB (Linux /proc; None elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+# One generation at a time per process: the machine has few cores, and two runs sharing them would
+# each take twice as long. Each call seeds its own generator, so the lock is for speed, not results.
+GENERATION_LOCK = threading.Lock()
+
+
+@contextmanager
+def generation_lock(on_wait: Callable[[], None] | None = None, timeout: float | None = None) -> Iterator[None]:
+    """Hold the process-wide generation lock; call `on_wait` once if another generation holds it."""
+    if not GENERATION_LOCK.acquire(blocking=False):
+        if on_wait is not None:
+            on_wait()
+        if not GENERATION_LOCK.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError("another generation is still running; try again in a moment")
+    try:
+        yield
+    finally:
+        GENERATION_LOCK.release()
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the user asked for on the Generate page."""
+
+    prompt: str
+    negative_prompt: str = ""
+    sampler: str | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int = 0
+    num_images: int = 1
+    resolution: int = NATIVE_RESOLUTION
+    preset: str = "None"
+    preset_steps: tuple = ()
+
+    def check(self) -> None:
+        """ValueError with a message a user can act on; the pipeline checks the rest."""
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("the prompt is empty; describe the radiograph, e.g. 'PA chest radiograph, right lower lobe pneumonia'")
+        if self.resolution != NATIVE_RESOLUTION and self.resolution not in UPSCALED_RESOLUTIONS:
+            raise ValueError(f"resolution must be {NATIVE_RESOLUTION} (native) or one of {UPSCALED_RESOLUTIONS} (upscaled)")
+        if not 1 <= int(self.num_images) <= MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"number of images must be from 1 to {MAX_IMAGES_PER_REQUEST}")
+        if not 0 <= int(self.seed) < 2**63 - MAX_IMAGES_PER_REQUEST:
+            raise ValueError("seed must be a non-negative integer below 2**63")
+
+
+@dataclass
+class GeneratedImage:
+    image: np.ndarray  # what is shown and downloaded: enhanced and, if asked, upscaled
+    native: np.ndarray  # the pipeline's 256 px output, untouched
+    metadata: dict[str, Any]
+
+    @property
+    def caption(self) -> str:
+        m = self.metadata
+        size = f"{m['resolution']} px upscaled from {m['native_resolution']}" if m.get("upscaled") else f"{m['resolution']} px native"
+        preset = f" · {m['enhancement_preset']}" if m.get("enhancement_preset", "None") != "None" else ""
+        return f"{SYNTHETIC_CAPTION} · seed {m['seed']} · {size}{preset}"
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage]
+    seconds: float
+    total_steps: int
+    notices: list[str] = field(default_factory=list)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.total_steps / self.seconds if self.seconds > 0 else float("nan")
+
+
+def random_seed() -> int:
+    """A fresh seed the user can read and reuse (31 bits, easy to type)."""
+    return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+
+
+def upscale(image: np.ndarray, size: int) -> np.ndarray:
+    """Plain bicubic resize to size × size: more pixels, no new detail."""
+    from PIL import Image
+
+    if image.shape == (size, size):
+        return image.copy()
+    resized = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def enhance(image: np.ndarray, preset: str, preset_steps: Sequence = ()) -> np.ndarray:
+    """Apply a built-in preset by name, or the given steps for a custom one."""
+    if preset == "None" and not preset_steps:
+        return image
+    from post_process import apply_preset
+
+    return apply_preset(image, list(preset_steps) if preset_steps else preset)
+
+
+def generate_images(
+    pipe,
+    request: GenerationRequest,
+    on_step: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> GenerationResult:
+    """Generate `request.num_images` images, image i with seed `request.seed + i`.
+
+    One pipeline call per image, so each image's metadata alone reproduces it (same seed, same
+    settings, batch of one). `on_step(done, total)` reports progress across all images;
+    `should_cancel()` returning True stops at the next step (GenerationCancelled).
+    """
+    request.check()
+    steps = request.steps if request.steps is not None else pipe.generation_defaults["num_inference_steps"]
+    total = steps * request.num_images
+    images: list[GeneratedImage] = []
+    notices: list[str] = []
+    started = time.perf_counter()
+    for index in range(request.num_images):
+        def callback(_pipe, step_index, _timestep, _kwargs, offset=index * steps):
+            if on_step is not None:
+                on_step(offset + step_index + 1, total)
+            if should_cancel is not None and should_cancel():
+                return {"interrupt": True}
+            return None
+
+        output = pipe(
+            request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=steps,
+            guidance_scale=request.guidance,
+            seed=int(request.seed) + index,
+            sampler=request.sampler,
+            height=NATIVE_RESOLUTION,
+            width=NATIVE_RESOLUTION,
+            callback_on_step_end=callback,
+        )
+        notices.extend(n for n in output.notices if n not in notices)
+        native = output.images[0]
+        shown = enhance(native, request.preset, request.preset_steps)
+        upscaled = request.resolution != NATIVE_RESOLUTION
+        if upscaled:
+            shown = upscale(shown, request.resolution)
+        metadata = dict(output.metadata[0])
+        metadata.pop("index_in_batch", None)
+        metadata.update(
+            native_resolution=NATIVE_RESOLUTION,
+            resolution=request.resolution,
+            upscaled=upscaled,
+            upscale_method=UPSCALE_METHOD if upscaled else None,
+            enhancement_preset=request.preset,
+            enhancement_steps=_preset_steps_json(request.preset, request.preset_steps),
+            generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            software="CXR Studio",
+        )
+        images.append(GeneratedImage(shown, native, metadata))
+    return GenerationResult(images, time.perf_counter() - started, total, notices)
+
+
+def _preset_steps_json(preset: str, steps: Sequence) -> list:
+    if not steps and preset == "None":
+        return []
+    from post_process import BUILTIN_PRESETS
+
+    chosen = steps if steps else BUILTIN_PRESETS.get(preset, ())
+    return [{"operation": name, "parameters": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(params).items()}} for name, params in chosen]
+
+
+def image_file_stem(metadata: dict, index: int | None = None) -> str:
+    stem = f"synthetic_cxr_{metadata.get('model', 'model')}_seed{metadata.get('seed', 'x')}"
+    return stem if index is None else f"{index:02d}_{stem}"
+
+
+MANIFEST_FIELDS = ("file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed",
+                   "native_resolution", "resolution", "upscaled", "enhancement_preset", "synthetic", "generated_at")
+
+
+def batch_zip_bytes(images: Sequence[GeneratedImage]) -> bytes:
+    """A ZIP of PNGs (each with its metadata embedded) plus manifest.csv and manifest.json."""
+    buffer = io.BytesIO()
+    rows = []
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for index, item in enumerate(images):
+            name = f"{image_file_stem(item.metadata, index)}.png"
+            archive.writestr(name, png_bytes_with_metadata(item.image, item.metadata))
+            rows.append({"file": name, **item.metadata})
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=list(MANIFEST_FIELDS), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        archive.writestr("manifest.csv", text.getvalue())
+        archive.writestr("manifest.json", json.dumps({"notice": DISCLAIMER, "images": rows}, indent=2, sort_keys=True) + "\n")
+        archive.writestr("README.txt", f"{DISCLAIMER}\nEvery PNG here is SYNTHETIC; manifest.csv/json list how each was made.\n")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Example prompts
+# ---------------------------------------------------------------------------------------------------
+
+
+def example_prompts(limit: int | None = None) -> list[tuple[str, str]]:
+    """(label, prompt) pairs: findings phrased from the label vocabulary, then the IU report library."""
+    from xray_generator.data.prompt_library import load_prompt_library
+    from xray_generator.vocabulary import LABELS, phrases_for
+
+    examples = [(f"{label} (vocabulary)", f"PA chest radiograph: {phrases_for(label)[0]}.") for label in LABELS[:8]]
+    library = load_prompt_library()
+    for row in library.itertuples(index=False):
+        short = row.prompt if len(row.prompt) <= 70 else row.prompt[:67] + "..."
+        examples.append((f"IU report {row.uid}: {short}", row.prompt))
+    return examples[:limit] if limit else examples
+
+
+def prompt_for_label(label: str) -> str:
+    from xray_generator.vocabulary import phrases_for
+
+    return f"Frontal chest radiograph: {phrases_for(label)[0]}."
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataset
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_dataset(path: str | Path | None = None):
+    """(manifest, None) or (None, message saying what is missing and that generation still works)."""
+    from xray_generator.data.manifest import ManifestError, load_manifest
+    from xray_generator.paths import default_data_dir
+
+    where = Path(path) if path is not None else default_data_dir()
+    try:
+        return load_manifest(where), None
+    except FileNotFoundError:
+        return None, (f"No dataset found at {where} (no metadata.csv). Set CXR_DATA_DIR to the curated set or "
+                      "CXR_SAMPLE_DIR to the shipped sample. Generation still works without it.")
+    except ManifestError as exc:
+        return None, f"The dataset at {where} has a broken manifest: {exc}. Generation still works without it."
+
+
+def source_licence_table(manifest) -> pd.DataFrame:
+    """Images per (source, source_repo, licence): the 'about this data' table."""
+    table = manifest.table
+    grouped = table.groupby(["source", "source_repo", "license"], dropna=False).size().rename("images").reset_index()
+    return grouped.sort_values(["source", "images"], ascending=[True, False]).reset_index(drop=True)
+
+
+def filter_options(manifest) -> dict[str, list]:
+    """The values each explorer filter can take, from the manifest itself."""
+    table = manifest.table
+    ages = table["age"].dropna()
+    return {
+        "label": list(manifest.label_counts().index),
+        "source": sorted(table["source"].dropna().unique()),
+        "view": sorted(table["view"].dropna().unique()),
+        "split": [s for s in ("train", "val", "test") if s in set(table["split"].dropna())],
+        "sex": sorted(table["sex"].dropna().unique()),
+        "age": (int(ages.min()), int(np.ceil(ages.max()))) if len(ages) else (0, 100),
+    }
+
+
+def filter_manifest(manifest, labels=(), sources=(), views=(), splits=(), sexes=(), age_range=None, include_unknown_age=True):
+    """Rows matching every non-empty filter; a label filter matches any chosen label."""
+    result = manifest.query(
+        label=list(labels) or None,
+        source=list(sources) or None,
+        view=list(views) or None,
+        split=list(splits) or None,
+        sex=list(sexes) or None,
+    )
+    if age_range is not None:
+        low, high = age_range
+        age = result.table["age"]
+        keep = ((age >= low) & (age <= high)).fillna(False).astype(bool)
+        if include_unknown_age:
+            keep |= age.isna()
+        result = type(result)(result.table.loc[keep].reset_index(drop=True), result.root)
+    return result
+
+
+def thumbnail(path: str | Path, size: int = 128) -> np.ndarray:
+    """uint8 (size, size)-bounded thumbnail of an image file, for the explorer grid."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L")
+        im.thumbnail((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def read_resized(path: str | Path, size: int = NATIVE_RESOLUTION) -> np.ndarray:
+    """A dataset image as float (size, size), so real and generated images compare at one size."""
+    return upscale(read_gray(path), size)
+
+
+def label_distribution(manifest) -> pd.DataFrame:
+    """Long table: (source, split, label, images)."""
+    from xray_generator.data.manifest import split_labels
+
+    table = manifest.table[["source", "split", "labels"]].copy()
+    table["label"] = table["labels"].map(lambda s: split_labels(s) or ["(no label)"])
+    exploded = table.explode("label")
+    return exploded.groupby(["source", "split", "label"]).size().rename("images").reset_index()
+
+
+def label_cooccurrence(manifest) -> pd.DataFrame:
+    """Square table: images carrying both the row label and the column label (diagonal: label count)."""
+    from xray_generator.data.manifest import split_labels
+
+    label_sets = manifest.table["labels"].map(split_labels)
+    labels = list(manifest.label_counts().index)
+    position = {label: i for i, label in enumerate(labels)}
+    counts = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for found in label_sets:
+        idx = [position[label] for label in found if label in position]
+        for i in idx:
+            for j in idx:
+                counts[i, j] += 1
+    return pd.DataFrame(counts, index=labels, columns=labels)
+
+
+def mean_intensity_histograms(manifest, per_source: int = 40, bins: int = 64, seed: int = 0) -> pd.DataFrame:
+    """Mean normalised intensity histogram per source over a seeded sample of its images.
+
+    Long table (source, intensity, density, images). Sampling keeps the chart fast on the full set.
+    """
+    from xray_generator.evaluation.descriptors import intensity_histogram
+
+    rows = []
+    rng = np.random.default_rng(seed)
+    for source, group in manifest.table.groupby("source"):
+        files = group["file"].tolist()
+        chosen = rng.choice(len(files), size=min(per_source, len(files)), replace=False)
+        total = np.zeros(bins)
+        used = 0
+        for i in chosen:
+            try:
+                counts, edges = intensity_histogram(read_gray(manifest.root / files[i]), bins)
+            except (OSError, ValueError):
+                continue
+            total += counts / max(1, counts.sum())
+            used += 1
+        if used:
+            centres = (edges[:-1] + edges[1:]) / 2
+            for c, d in zip(centres, total / used):
+                rows.append({"source": source, "intensity": float(c), "density": float(d) * bins, "images": used})
+    return pd.DataFrame(rows, columns=["source", "intensity", "density", "images"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Enhancement presets saved by users
+# ---------------------------------------------------------------------------------------------------
+
+
+def presets_dir() -> Path:
+    return outputs_dir() / "presets"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip()).strip("_.") or "preset"
+
+
+def saved_presets(folder: str | Path | None = None) -> tuple[dict[str, tuple], list[str]]:
+    """Custom presets from outputs/presets/*.json, and one message per file that could not be read."""
+    from post_process import load_presets
+
+    folder = Path(folder) if folder is not None else presets_dir()
+    presets, problems = {}, []
+    if not folder.is_dir():
+        return presets, problems
+    for path in sorted(folder.glob("*.json")):
+        try:
+            presets.update(load_presets(path))
+        except (OSError, ValueError) as exc:
+            problems.append(str(exc) if path.name in str(exc) else f"{path.name}: {exc}")
+    return presets, problems
+
+
+def save_custom_preset(name: str, steps: Sequence, folder: str | Path | None = None) -> Path:
+    """Write one preset to outputs/presets/<name>.json (validated first; atomic)."""
+    from post_process import save_presets
+
+    if not name or not name.strip():
+        raise ValueError("give the preset a name before saving it")
+    folder = Path(folder) if folder is not None else presets_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{slug(name)}.json"
+    save_presets({name.strip(): list(steps)}, path)
+    return path
+
+
+def preset_json_bytes(name: str, steps: Sequence) -> bytes:
+    """The same file `save_custom_preset` writes, as bytes for a download button."""
+    import tempfile
+
+    from post_process import save_presets
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "preset.json"
+        save_presets({name.strip() or "Custom": list(steps)}, path)
+        return path.read_bytes()
+
+
+def custom_preset_steps(controls: dict[str, Any]) -> list[tuple[str, dict]]:
+    """Slider values -> preset steps, in the built-in presets' order (see post_process._preset_from_row).
+
+    An operation whose control is at its neutral value is left out, so a custom preset only holds
+    what the user changed.
+    """
+    steps: list[tuple[str, dict]] = []
+    if controls.get("window_width", 1.0) < 1.0 or controls.get("window_center", 0.5) != 0.5:
+        steps.append(("window", {"center": float(controls["window_center"]), "width": float(controls["window_width"])}))
+    if int(controls.get("median_kernel", 1)) > 1:
+        steps.append(("median", {"kernel_size": int(controls["median_kernel"])}))
+    if controls.get("denoise_sigma", 0.0) > 0:
+        steps.append(("denoise", {"method": "bilateral", "noise_sigma": float(controls["denoise_sigma"]), "spatial_sigma": 2.0}))
+    if controls.get("clahe_clip", 0.0) > 0:
+        tiles = int(controls.get("clahe_tiles", 8))
+        steps.append(("clahe", {"clip_limit": float(controls["clahe_clip"]), "tile_grid": (tiles, tiles)}))
+    if controls.get("equalize_strength", 0.0) > 0:
+        steps.append(("equalize_histogram", {"strength": float(controls["equalize_strength"])}))
+    if controls.get("gamma", 1.0) != 1.0:
+        steps.append(("gamma", {"gamma": float(controls["gamma"])}))
+    if controls.get("unsharp_amount", 0.0) > 0:
+        steps.append(("unsharp_mask", {"amount": float(controls["unsharp_amount"]), "radius": float(controls.get("unsharp_radius", 1.5))}))
+    if controls.get("vignette", 0.0) > 0:
+        steps.append(("vignette", {"amount": float(controls["vignette"])}))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics and training logs
+# ---------------------------------------------------------------------------------------------------
+
+METRICS_COMMAND = "python -m xray_generator.evaluation.run --model {model}"
+
+
+def metrics_dir() -> Path:
+    return outputs_dir() / "metrics"
+
+
+def load_metrics_files(folder: str | Path | None = None) -> tuple[list[dict], list[str]]:
+    """Valid metrics documents from outputs/metrics/*.json, and one message per file that is not."""
+    from xray_generator.evaluation.report import read_metrics_json
+
+    folder = Path(folder) if folder is not None else metrics_dir()
+    documents, problems = [], []
+    if not folder.is_dir():
+        return documents, problems
+    for path in sorted(folder.glob("*.json")):
+        try:
+            document = read_metrics_json(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{path.name}: {exc}")
+            continue
+        document["_file"] = path.name
+        documents.append(document)
+    return documents, problems
+
+
+def metrics_table(documents: Sequence[dict]) -> pd.DataFrame:
+    """One row per (model, metric): value, n, CI and the real-vs-real floor, for tables and charts."""
+    rows = []
+    for doc in documents:
+        for metric in doc["metrics"]:
+            ci, floor = metric.get("ci"), metric.get("floor")
+            rows.append({
+                "model": doc["model"],
+                "metric": metric["name"],
+                "value": metric["value"],
+                "n": _format_n(metric["n"]),
+                "ci_low": ci["low"] if ci else None,
+                "ci_high": ci["high"] if ci else None,
+                "ci": f"{ci['low']:.4g} – {ci['high']:.4g} ({ci['level']:.0%}, {ci['method']})" if ci else "not computed",
+                "floor": floor["value"] if floor else None,
+                "floor_n": _format_n(floor["n"]) if floor else "",
+                "floor_method": floor["method"] if floor else "no floor",
+                "weights_sha256": doc.get("weights_sha256"),
+                "date": doc.get("date"),
+            })
+    return pd.DataFrame(rows, columns=["model", "metric", "value", "n", "ci_low", "ci_high", "ci", "floor", "floor_n",
+                                       "floor_method", "weights_sha256", "date"])
+
+
+def _format_n(n: Any) -> str:
+    if isinstance(n, dict):
+        return ", ".join(f"{k} {v:,}" for k, v in n.items())
+    return f"{int(n):,}"
+
+
+METRIC_FAMILIES = {
+    "FID": ("fid",),
+    "KID": ("kid",),
+    "PRDC": ("prdc", "precision", "recall", "density", "coverage"),
+    "Diversity": ("diversity", "ms_ssim", "lpips", "vendi"),
+    "Fidelity": ("fidelity", "condition", "clip", "classifier"),
+    "Memorisation": ("memorisation", "memorization", "nearest"),
+}
+
+
+def metric_family(name: str) -> str:
+    """Which dashboard group a metric name belongs to ('Other' when none matches)."""
+    for family, prefixes in METRIC_FAMILIES.items():
+        if any(name.startswith(p) or p in name for p in prefixes):
+            return family
+    return "Other"
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    model: str
+    path: Path
+    table: pd.DataFrame
+
+
+def find_training_logs(model_names: Sequence[str] = ()) -> list[TrainingLog]:
+    """Loss logs wherever they are: outputs/metrics/*log*.csv, weights/<model>/training_log.csv, outputs/runs/<model>/log.csv."""
+    candidates: list[tuple[str, Path]] = []
+    folder = metrics_dir()
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.csv")):
+            if "log" in path.stem or "loss" in path.stem:
+                model = re.sub(r"[_-]?(training[_-]?)?(log|loss)s?$", "", path.stem) or path.stem
+                candidates.append((model, path))
+    wroot = weights_dir()
+    if wroot.is_dir():
+        for path in sorted(wroot.glob("*/training_log.csv")):
+            candidates.append((path.parent.name, path))
+    runs = outputs_dir() / "runs"
+    if runs.is_dir():
+        for path in sorted(runs.glob("*/log.csv")):
+            candidates.append((path.parent.name, path))
+    logs, seen = [], set()
+    for model, path in candidates:
+        if path.resolve() in seen:
+            continue
+        seen.add(path.resolve())
+        try:
+            table = pd.read_csv(path)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            continue
+        if "step" in table.columns and len(table):
+            logs.append(TrainingLog(model, path, table))
+    if model_names:
+        logs.sort(key=lambda log: (log.model not in model_names, log.model))
+    return logs
+
+
+def loss_columns(table: pd.DataFrame) -> list[str]:
+    """Numeric columns worth plotting against step (not counters, time or learning rate)."""
+    skip = {"step", "samples_seen", "wall_seconds", "lr", "epoch"}
+    return [c for c in table.columns if c not in skip and pd.api.types.is_numeric_dtype(table[c]) and table[c].notna().any()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model analysis
+# ---------------------------------------------------------------------------------------------------
+
+
+def count_parameters(module) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def module_bytes(module) -> int:
+    return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
+
+
+def pipeline_modules(pipe) -> dict[str, Any]:
+    """The pipeline's torch modules by component name (the scheduler is configuration, not a module)."""
+    import torch
+
+    return {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
+
+
+def components_table(pipe) -> pd.DataFrame:
+    rows = []
+    for name, module in pipeline_modules(pipe).items():
+        trainable = name != "text_encoder"
+        rows.append({
+            "component": name,
+            "class": type(module).__name__,
+            "parameters": count_parameters(module),
+            "memory_mb": module_bytes(module) / 2**20,
+            "dtype": str(next(module.parameters()).dtype).replace("torch.", "") if count_parameters(module) else "",
+            "role": "trained here" if trainable else "frozen (pretrained, not trained here)",
+        })
+    return pd.DataFrame(rows)
+
+
+def plain_config(config: Any) -> dict:
+    """A diffusers FrozenDict / config mapping as JSON-ready data."""
+    return json.loads(json.dumps(dict(config), default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
+
+
+def weights_files_table(folder: str | Path) -> pd.DataFrame:
+    """The MANIFEST.json of a weights folder as a table (file, bytes, sha256)."""
+    from xray_generator.weights import MANIFEST_NAME
+
+    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    return pd.DataFrame(
+        [{"file": name, "megabytes": info["bytes"] / 2**20, "sha256": info["sha256"]} for name, info in manifest["files"].items()],
+        columns=["file", "megabytes", "sha256"],
+    )
+
+
+def model_card(folder: str | Path) -> str | None:
+    path = Path(folder) / "README.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def _output_shape(output: Any) -> str:
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return "×".join(str(d) for d in output.shape)
+    if isinstance(output, (tuple, list)) and output:
+        return _output_shape(output[0])
+    if isinstance(output, dict) and output:
+        return _output_shape(next(iter(output.values())))
+    for attribute in ("sample", "last_hidden_state", "latent_dist"):
+        value = getattr(output, attribute, None)
+        if value is not None:
+            if attribute == "latent_dist":
+                return _output_shape(value.mean)
+            return _output_shape(value)
+    return ""
+
+
+def layer_table(module, run: Callable[[], Any], max_depth: int | None = None) -> pd.DataFrame:
+    """Every sub-module: name, class, depth, own and total parameters, and the output shape of `run()`.
+
+    Shapes are measured: forward hooks record each module's output while `run()` pushes a dummy
+    input through. Modules that `run()` does not reach show an empty shape.
+    """
+    import torch
+
+    shapes: dict[str, str] = {}
+    handles = []
+    named = list(module.named_modules())
+    for name, sub in named:
+        def hook(_module, _inputs, output, key=name):
+            shapes.setdefault(key, _output_shape(output))
+        handles.append(sub.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = []
+    for name, sub in named:
+        depth = 0 if not name else name.count(".") + 1
+        if max_depth is not None and depth > max_depth:
+            continue
+        rows.append({
+            "layer": name or "(whole)",
+            "class": type(sub).__name__,
+            "depth": depth,
+            "own_params": int(sum(p.numel() for p in sub.parameters(recurse=False))),
+            "total_params": count_parameters(sub),
+            "output_shape": shapes.get(name, ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def dummy_runs(pipe) -> dict[str, Callable[[], Any]]:
+    """For each network of a latent diffusion pipeline, a call that pushes a dummy input through it."""
+    import torch
+
+    modules = pipeline_modules(pipe)
+    runs: dict[str, Callable[[], Any]] = {}
+    generator = torch.Generator().manual_seed(0)
+    if "unet" in modules:
+        unet = modules["unet"]
+        size = int(unet.config.sample_size)
+        length = int(getattr(getattr(pipe, "text_encoder", None), "max_length", 16))
+        sample = torch.randn(1, unet.config.in_channels, size, size, generator=generator)
+        context = torch.randn(1, length, unet.config.cross_attention_dim, generator=generator)
+        runs["unet"] = lambda: unet(sample, torch.tensor([500]), encoder_hidden_states=context)
+    if "vae" in modules:
+        vae = modules["vae"]
+        size = int(getattr(vae.config, "sample_size", NATIVE_RESOLUTION) or NATIVE_RESOLUTION)
+        image = torch.rand(1, vae.config.in_channels, size, size, generator=generator) * 2 - 1
+        runs["vae"] = lambda: vae.decode(vae.encode(image).latent_dist.mode())
+    if "text_projection" in modules:
+        projection = modules["text_projection"]
+        states = torch.randn(1, 8, projection.config.encoder_hidden_size, generator=generator)
+        runs["text_projection"] = lambda: projection(states)
+    if "text_encoder" in modules:
+        encoder = modules["text_encoder"]
+        runs["text_encoder"] = lambda: encoder.encode(["PA chest radiograph, no acute cardiopulmonary abnormality."])
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# Research console: real vs generated
+# ---------------------------------------------------------------------------------------------------
+
+
+def console_labels(manifest) -> list[str]:
+    """Findings with at least one held-out real image, most common first."""
+    counts = manifest.query(split=["val", "test"]).label_counts()
+    return [label for label in counts.index if counts[label] > 0]
+
+
+def real_examples(manifest, label: str, n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """n held-out (val/test) real images with `label`, seeded; (image_id, float 256 px image).
+
+    Held-out, so the comparison is with images the models never trained on.
+    """
+    subset = manifest.query(label=label, split=["val", "test"]).table
+    if subset.empty:
+        return []
+    chosen = subset.sample(n=min(n, len(subset)), random_state=seed)
+    return [(row.image_id, read_resized(manifest.root / row.file)) for row in chosen.itertuples(index=False)]
+
+
+def training_reference(manifest, size: int = 64, cache_folder: str | Path | None = None) -> tuple[list[str], np.ndarray]:
+    """Image ids and correlation vectors of the training split, cached on disk by manifest content.
+
+    The first call reads every training image (a second for the sample, about ten seconds for the
+    5,400 training images of the full set on two cores); later calls read one .npz.
+    """
+    from xray_generator.evaluation.memorisation import correlation_vectors
+
+    train = manifest.query(split="train").table
+    if train.empty:
+        raise ValueError("the dataset has no training images to compare against")
+    key = hashlib.sha256((str(manifest.root) + "|" + "|".join(train["image_id"]) + f"|{size}").encode()).hexdigest()[:16]
+    folder = Path(cache_folder) if cache_folder is not None else outputs_dir() / "cache" / "studio"
+    path = folder / f"training_vectors_{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return [str(i) for i in data["ids"]], data["vectors"]
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache is rebuilt below
+    ids, vectors = [], []
+    chunk = 256
+    files = train[["image_id", "file"]].to_numpy()
+    for start in range(0, len(files), chunk):
+        batch = [(image_id, read_gray(manifest.root / f)) for image_id, f in files[start:start + chunk]]
+        ids.extend(image_id for image_id, _ in batch)
+        vectors.append(correlation_vectors([image for _, image in batch], size))
+    stacked = np.concatenate(vectors)
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez(temporary, ids=np.array(ids), vectors=stacked)
+    os.replace(temporary, path)
+    return ids, stacked
+
+
+def nearest_training(images: Sequence[np.ndarray], ids: Sequence[str], vectors: np.ndarray, size: int = 64) -> list[tuple[str, float]]:
+    """(image_id, correlation) of the nearest training image of each image (Pearson, on 64×64 pixels)."""
+    from xray_generator.evaluation.memorisation import correlation_vectors, nearest_by_correlation
+
+    result = nearest_by_correlation(correlation_vectors(list(images), size), vectors)
+    return [(ids[int(i)], float(c)) for i, c in zip(result["index"], result["correlation"])]
+
+
+def difference_map(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Signed difference generated − real at the generated image's size, in [-1, 1]."""
+    real = upscale(real, generated.shape[0]) if real.shape != generated.shape else real
+    return np.asarray(generated, np.float32) - np.asarray(real, np.float32)
+
+
+def descriptor_rows(images: Sequence[np.ndarray], kind: str, names: Sequence[str]) -> list[dict]:
+    from xray_generator.evaluation.descriptors import describe_image
+
+    return [{"kind": kind, "image": name, **describe_image(np.asarray(image, np.float32))} for image, name in zip(images, names)]
+
+
+def classifier_status(root: str | Path | None = None) -> tuple[bool, str]:
+    """Whether a trained finding classifier exists; the console shows no scores without one."""
+    folder = Path(root) if root is not None else weights_dir()
+    if (folder / "classifier" / "MANIFEST.json").is_file():
+        return True, (f"Classifier weights found in {folder / 'classifier'}, but the studio cannot run this classifier yet, "
+                      "so no scores or Grad-CAM overlays are shown.")
+    return False, "Classifier not trained yet: no classifier scores or Grad-CAM overlays can be shown."
+
+
+def samples_cache_dir(model: str, weights_hash: str, label: str) -> Path:
+    return outputs_dir() / "samples" / f"{model}-{weights_hash}" / slug(label)
+
+
+def save_cached_samples(items: Sequence[GeneratedImage], folder: Path) -> None:
+    from xray_generator.io import save_png_with_metadata
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        save_png_with_metadata(item.native, folder / f"seed{item.metadata['seed']}.png", item.metadata)
+
+
+def load_cached_samples(folder: Path, limit: int) -> list[GeneratedImage]:
+    """Generated images saved earlier for this model, weights and finding (PNG + embedded metadata)."""
+    if not folder.is_dir():
+        return []
+    items = []
+    for path in sorted(folder.glob("seed*.png"))[:limit]:
+        try:
+            image = read_gray(path)
+            items.append(GeneratedImage(image, image, read_png_metadata(path)))
+        except (OSError, ValueError):
+            continue
+    return items
+
+
+@dataclass(frozen=True)
+class QuizItem:
+    image: np.ndarray
+    synthetic: bool
+    source: str  # image id or generation seed, revealed after the answer
+
+
+def build_quiz(real: Sequence[tuple[str, np.ndarray]], synthetic: Sequence[GeneratedImage], rounds: int = 10, seed: int = 0) -> list[QuizItem]:
+    """A shuffled, roughly balanced set of real and synthetic images, all at 256 px so size gives nothing away."""
+    rng = np.random.default_rng(seed)
+    real_items = [QuizItem(upscale(img, NATIVE_RESOLUTION), False, image_id) for image_id, img in real]
+    fake_items = [QuizItem(upscale(g.native, NATIVE_RESOLUTION), True, f"{g.metadata.get('model', 'model')} seed {g.metadata.get('seed')}") for g in synthetic]
+    if not real_items or not fake_items:
+        return []
+    half = max(1, rounds // 2)
+    picks = [real_items[i] for i in rng.choice(len(real_items), size=min(half, len(real_items)), replace=False)]
+    picks += [fake_items[i] for i in rng.choice(len(fake_items), size=min(rounds - len(picks), len(fake_items)), replace=False)]
+    order = rng.permutation(len(picks))
+    return [picks[i] for i in order]
