@@ -21,20 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
 from xray_generator.evaluation.descriptors import describe_image, intensity_histogram
-from xray_generator.io import MAX_PIXELS, ImageLoadError
+from xray_generator.io import MAX_PIXELS, ImageLoadError, atomic_write
 
 __all__ = [
     "BUILTIN_PRESETS",
@@ -838,24 +836,6 @@ PRESET_FILE_FORMAT = "cxr-studio-presets"
 PRESET_FILE_VERSION = 1
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through a temporary file beside ``path`` and ``os.replace``: a crash never leaves half a file."""
-    # Beside the target so the replace is a rename within one file system; created with open(),
-    # unlike mkstemp, so the file gets the user's usual permissions.
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"folder does not exist: {path.parent}")
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def preset_to_json(steps: Iterable[Any]) -> list[dict[str, Any]]:
     """A preset in the JSON form that preset files and PNG provenance chunks store.
 
@@ -893,7 +873,7 @@ def save_presets(presets: Mapping[str, Iterable[Any]], path: str | Path) -> None
             raise PresetError(f"presets[{name!r}]", "preset names must be non-empty strings")
         document["presets"][name] = preset_to_json(validate_preset(steps, f"presets[{name!r}]"))
     text = json.dumps(document, indent=2) + "\n"
-    _write_atomically(Path(path), lambda file: file.write(text.encode("utf-8")))
+    atomic_write(Path(path), lambda file: file.write(text.encode("utf-8")))
 
 
 def load_presets(path: str | Path) -> dict[str, Preset]:
@@ -981,7 +961,7 @@ def _write_png(path: Path, pixels: np.ndarray, text: Mapping[str, str]) -> None:
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
-    _write_atomically(path, lambda file: Image.fromarray(pixels).save(file, format="PNG", pnginfo=info))
+    atomic_write(path, lambda file: Image.fromarray(pixels).save(file, format="PNG", pnginfo=info))
 
 
 def _slug(name: str) -> str:

@@ -1,7 +1,10 @@
 """Image input and output at the library's edge: safe decoding, conversions, PNGs with provenance."""
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 from PIL import Image
@@ -14,6 +17,40 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 class ImageLoadError(ValueError):
     """An input that is not a usable radiograph image; the message says why."""
 
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any], make_parents: bool = False) -> Path:
+    """Write through a temporary file beside `path`, fsync, then `os.replace`.
+
+    The one way files are written in this project: a crash, a full disk or a kill mid-write
+    leaves the previous file intact, never half of a new one.
+    """
+    path = Path(path)
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"folder does not exist: {path.parent}")
+    # Beside the target so the replace is a rename within one file system; created with open(),
+    # unlike mkstemp, so the file gets the user's usual permissions.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(temporary, "xb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, make_parents: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), make_parents=make_parents)
+
+
+def atomic_write_text(path: str | Path, text: str, make_parents: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), make_parents=make_parents)
 
 def to_float_gray(array: np.ndarray) -> np.ndarray:
     """Any 2-D/3-D image array -> float32 (H, W) in [0, 1]. uint16 keeps its precision."""
@@ -86,8 +123,6 @@ def png_bytes_with_metadata(image: np.ndarray, metadata: dict) -> bytes:
 
 def save_png_with_metadata(image: np.ndarray, path: str | Path, metadata: dict) -> Path:
     """Write the PNG atomically, so an interrupted run never leaves a half-written file."""
-    from xray_generator.training.checkpointing import atomic_write_bytes
-
     atomic_write_bytes(path, png_bytes_with_metadata(image, metadata))
     return Path(path)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from xray_generator.io import png_bytes_with_metadata, read_gray, read_png_metadata
+from xray_generator.io import atomic_write, png_bytes_with_metadata, read_gray, read_png_metadata
 from xray_generator.paths import outputs_dir, weights_dir
 
 DISCLAIMER = "Synthetic images for research use only. Not for clinical use."
@@ -875,10 +875,7 @@ def training_reference(manifest, size: int = 64, cache_folder: str | Path | None
         ids.extend(image_id for image_id, _ in batch)
         vectors.append(correlation_vectors([image for _, image in batch], size))
     stacked = np.concatenate(vectors)
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp.npz")
-    np.savez(temporary, ids=np.array(ids), vectors=stacked)
-    os.replace(temporary, path)
+    atomic_write(path, lambda handle: np.savez(handle, ids=np.array(ids), vectors=stacked), make_parents=True)
     return ids, stacked
 
 

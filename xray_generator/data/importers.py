@@ -33,7 +33,6 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +45,7 @@ from PIL import Image, ImageOps
 
 import xray_generator.io  # noqa: F401  (sets PIL's decompression-bomb limit before any decode)
 from xray_generator.data.manifest import MANIFEST_COLUMNS, Manifest, load_manifest, write_manifest
+from xray_generator.io import atomic_write
 from xray_generator.data.preprocessing import DEFAULT_SIZE, UpsampleError, prepare_radiograph, to_uint8
 from xray_generator.data.splits import DEFAULT_FRACTIONS, DEFAULT_SEED, assign_splits
 from xray_generator.vocabulary import KNOWN_LABELS
@@ -194,17 +194,7 @@ def _header_shorter_side(path: Path) -> int | None:
 
 
 def _write_png_atomically(image_uint8: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(image_uint8, mode="L").save(handle, format="PNG", optimize=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
+    atomic_write(path, lambda handle: Image.fromarray(image_uint8, mode="L").save(handle, format="PNG", optimize=True), make_parents=True)
 
 def _index_files(root: Path, suffixes: Iterable[str] = IMAGE_SUFFIXES) -> dict[str, Path]:
     """File name -> path for every image under `root` (first in sorted order wins; macOS debris skipped)."""

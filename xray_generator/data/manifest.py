@@ -150,23 +150,17 @@ def write_manifest(table: pd.DataFrame | Manifest, path: str | Path) -> Path:
     `path` is the CSV file or the folder to hold `metadata.csv`. Columns are written in
     `MANIFEST_COLUMNS` order; ages are written without a trailing '.0'. Returns the CSV path.
     """
-    import os
-    import tempfile
+    import io as _io
+
+    from xray_generator.io import atomic_write_text
 
     frame = table.table if isinstance(table, Manifest) else table
     typed = validate_table(frame)
     path = Path(path)
     csv_path = path / "metadata.csv" if path.is_dir() or path.suffix == "" else path
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     out = typed.astype(object).where(typed.notna(), "")
     out["age"] = typed["age"].astype(object).map(_format_age)
-    fd, tmp = tempfile.mkstemp(dir=csv_path.parent, prefix=f".{csv_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            out.to_csv(handle, index=False, lineterminator="\r\n")  # as csv.writer, like the curated set
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, csv_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = _io.StringIO()
+    out.to_csv(buffer, index=False, lineterminator="\r\n")  # as csv.writer, like the curated set
+    atomic_write_text(csv_path, buffer.getvalue())
     return csv_path

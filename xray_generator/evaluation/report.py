@@ -29,7 +29,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from xray_generator.io import atomic_write_text
 from xray_generator.paths import REPO_ROOT
 
 METRICS_SCHEMA_VERSION = 1
@@ -307,23 +307,6 @@ def git_commit(repo: str | Path = REPO_ROOT) -> str | None:
     return None  # e.g. a repository without commits yet
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Same pattern as training.checkpointing.atomic_write_text, repeated so that reading and
-    # writing metrics does not import torch (the dashboards load this module).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_metrics_json(
     path: str | Path,
     model: str,
@@ -369,7 +352,7 @@ def write_metrics_json(
         "metrics": [_plain_json(dict(metric), f"metrics[{i}]") for i, metric in enumerate(metrics)],
     }
     validate_metrics_json(document)
-    _atomic_write_text(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(Path(path), json.dumps(document, indent=2, allow_nan=False) + "\n")
     return document
 
 
