@@ -6,11 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Passive OpenMP workers: when another job (a training run) holds a core, spinning workers make
+# every torch call many times slower instead of just sharing the CPU.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402  (after the OpenMP setting, which is read at import)
+
 REPO = Path(__file__).resolve().parent.parent
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("CXR_TEST_THREADS", "2")))
 
 
 def build_tiny_pipeline(seed: int = 0):

@@ -23,17 +23,6 @@ PAGES = ("generate", "enhance", "dataset", "console", "metrics", "models", "abou
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: these tests share two cores with background training, where two threads
-    oversubscribe the CPU and each step runs many times slower. Restored afterwards."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture
 def studio_env(monkeypatch, tiny_weights_root, tmp_path):

@@ -19,17 +19,6 @@ from xray_generator.io import read_png_metadata
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One thread: these tests share two cores with background training, where two threads
-    oversubscribe the CPU and each step runs many times slower. Restored afterwards."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.fixture(scope="module")
 def pipe(tiny_weights_root):

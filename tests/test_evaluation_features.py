@@ -8,18 +8,10 @@ from torch import nn
 from xray_generator.evaluation.features import (
     FeatureExtractor,
     TorchFeatureExtractor,
-    file_sha256,
     inception_feature_extractor,
 )
+from xray_generator.weights import sha256_file
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # A training job shares the machine's two cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class MeanPerChannel(nn.Module):
@@ -86,7 +78,7 @@ def test_inception_loads_a_local_safetensors_state_dict_and_records_its_hash(tmp
     extractor = inception_feature_extractor(path)
     loaded = extractor.module.state_dict()
     assert torch.equal(loaded["Mixed_7c.branch_pool.conv.weight"], state["Mixed_7c.branch_pool.conv.weight"])
-    assert extractor.settings["weights_sha256"] == file_sha256(path)
+    assert extractor.settings["weights_sha256"] == sha256_file(path)
 
 
 def test_inception_rejects_weights_of_another_network(tmp_path):

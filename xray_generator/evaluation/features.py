@@ -10,7 +10,6 @@ weights SHA-256) to store next to the numbers.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xray_generator.weights import sha256_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,15 +29,6 @@ class FeatureExtractor(Protocol):
     """A callable from images (N, H, W) float in [0, 1] to features (N, D) float."""
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TorchFeatureExtractor:
@@ -215,7 +207,7 @@ def inception_feature_extractor(
                 f"{path} is not a torchvision inception_v3 state dict: missing {missing[:5]}"
                 f"{'…' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
             )
-        settings.update(weights=path.name, weights_sha256=file_sha256(path))
+        settings.update(weights=path.name, weights_sha256=sha256_file(path))
     return TorchFeatureExtractor(
         network, input_size=299, mean=IMAGENET_MEAN, std=IMAGENET_STD, channels=3,
         batch_size=batch_size, device=device, bf16_autocast=bf16_autocast, settings=settings,

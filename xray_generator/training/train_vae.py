@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -127,6 +128,9 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         x = next(frame_iter) if step >= full_from else next(crop_iter)
         x = x.to(memory_format=torch.channels_last)
         lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
+        if train_cfg.get("lr_schedule") == "cosine":
+            # Decay to 10% so the last steps of a fixed-length fine-tune settle instead of bouncing.
+            lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
         for group in opt.param_groups:
             group["lr"] = lr
         use_adv = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= train_cfg.get("adversarial_from_step", max_steps)
