@@ -19,9 +19,11 @@ Command line (run ``python post_process.py --help``)::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -36,6 +38,7 @@ from xray_generator.io import MAX_PIXELS, ImageLoadError, atomic_write
 
 __all__ = [
     "BUILTIN_PRESETS",
+    "apply_presets",
     "OPERATIONS",
     "Operation",
     "PresetError",
@@ -172,7 +175,16 @@ def _to_uint(image: np.ndarray, bit_depth: int) -> np.ndarray:
 
 
 def _from_uint(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return cv2.LUT(image, _UINT8_TO_FLOAT)  # a table lookup is about twice as fast as the multiply
     return np.multiply(image, np.float32(1.0 / np.iinfo(image.dtype).max), dtype=np.float32)
+
+
+def _clip_unit(image: np.ndarray) -> np.ndarray:
+    """Clip float32 values to [0, 1] in place. OpenCV's thresholds are ~5x faster than np.clip here."""
+    cv2.threshold(image, 1.0, 1.0, cv2.THRESH_TRUNC, dst=image)
+    cv2.threshold(image, 0.0, 0.0, cv2.THRESH_TOZERO, dst=image)
+    return image
 
 
 def apply_window(image: np.ndarray, center: float = 0.5, width: float = 1.0) -> np.ndarray:
@@ -193,7 +205,7 @@ def apply_window(image: np.ndarray, center: float = 0.5, width: float = 1.0) -> 
         raise ValueError(f"window width must be > 0, got {width!r}")
     lower = center - width / 2.0
     out = cv2.addWeighted(image, 1.0 / width, image, 0.0, -lower / width)  # one pass: (image - lower) / width
-    return np.clip(out, 0.0, 1.0, out=out)
+    return _clip_unit(out)
 
 
 def clahe(
@@ -308,7 +320,7 @@ def _clahe_interpolated(image: np.ndarray, clip_limit: float, rows: int, columns
                 change *= row_weight[r0:r1, None]
                 value += change
             out[r0:r1, c0:c1] = value
-    return np.clip(out, 0.0, 1.0, out=out)
+    return _clip_unit(out)
 
 
 def median_filter(image: np.ndarray, kernel_size: int = 3, bit_depth: int = 8) -> np.ndarray:
@@ -357,8 +369,9 @@ def unsharp_mask(image: np.ndarray, amount: float = 1.0, radius: float = 1.5) ->
         raise ValueError(f"need amount >= 0 and radius > 0, got amount={amount!r}, radius={radius!r}")
     size = 2 * math.ceil(3.0 * radius) + 1  # +-3 sigma holds 99.7 % of the kernel; OpenCV's default is 4
     blurred = cv2.GaussianBlur(image, (size, size), float(radius), sigmaY=float(radius), borderType=cv2.BORDER_REFLECT)
-    out = cv2.addWeighted(image, 1.0 + float(amount), blurred, -float(amount), 0.0)
-    return np.clip(out, 0.0, 1.0, out=out)
+    # Written over the blur: a second fresh full-size buffer costs more than the arithmetic.
+    out = cv2.addWeighted(image, 1.0 + float(amount), blurred, -float(amount), 0.0, dst=blurred)
+    return _clip_unit(out)
 
 
 def equalize_histogram(image: np.ndarray, strength: float = 1.0, bit_depth: int = 8) -> np.ndarray:
@@ -411,15 +424,21 @@ def vignette(image: np.ndarray, amount: float = 0.25) -> np.ndarray:
     """
     if not 0.0 <= amount <= 0.95:
         raise ValueError(f"vignette amount must be in [0, 0.95], got {amount!r}")
-    height, width = image.shape
+    return cv2.multiply(image, _vignette_map(image.shape, float(amount)))
+
+
+@functools.lru_cache(maxsize=4)
+def _vignette_map(shape: tuple[int, int], amount: float) -> np.ndarray:
+    """The fall-off map, cached: a preset comparison applies the same map to every output."""
+    height, width = shape
     half_diagonal_sq = (height / 2.0) ** 2 + (width / 2.0) ** 2
-    # exp(-k r^2) factorises into a row profile times a column profile, so no full-size map is needed.
+    # exp(-k r^2) factorises into a row profile times a column profile.
     k = -math.log(1.0 - amount) / half_diagonal_sq
     dy = np.arange(height, dtype=np.float64) + 0.5 - height / 2.0
     dx = np.arange(width, dtype=np.float64) + 0.5 - width / 2.0
-    out = image * np.exp(-k * dy**2).astype(np.float32)[:, None]
-    out *= np.exp(-k * dx**2).astype(np.float32)[None, :]
-    return out
+    profile = np.exp(-k * dy**2).astype(np.float32)[:, None] * np.exp(-k * dx**2).astype(np.float32)[None, :]
+    profile.setflags(write=False)  # shared between calls
+    return profile
 
 
 def denoise(
@@ -452,7 +471,7 @@ def denoise(
         out = cv2.bilateralFilter(
             image, -1, 2.0 * float(noise_sigma), float(spatial_sigma), borderType=cv2.BORDER_REFLECT
         )
-        return np.clip(out, 0.0, 1.0, out=out)
+        return _clip_unit(out)
     if method == "nl_means":
         levels = _to_uint(image, bit_depth)
         if bit_depth == 8:
@@ -770,19 +789,36 @@ def compare_presets(
     """
     if presets is None:
         presets = BUILTIN_PRESETS
-    elif isinstance(presets, str):  # one name, not a sequence of one-letter names
+    results = []
+    for name, output in apply_presets(image, presets, bit_depth=bit_depth).items():
+        counts, edges = intensity_histogram(output, histogram_bins)
+        results.append(PresetResult(name, output, describe_image(output), counts, edges))
+    return results
+
+
+def apply_presets(
+    image: np.ndarray, presets: Mapping[str, Iterable[Any]] | Iterable[str], *, bit_depth: int | None = None
+) -> dict[str, np.ndarray]:
+    """Apply several presets to one image, two at a time; ``{display name: output}`` in the order given.
+
+    The image is validated once. OpenCV releases the GIL, and several steps (lookup tables, CLAHE
+    tile histograms) run on one core only, so two presets side by side keep both cores busy.
+    """
+    if isinstance(presets, str):  # one name, not a sequence of one-letter names
         presets = [presets]
     named = dict(presets) if isinstance(presets, Mapping) else {name: name for name in presets}
     resolved = {name: _resolve_preset(preset) for name, preset in named.items()}  # fail before any work
     pixels, inferred = validate_image(image)
     if bit_depth is not None:
         _check_bit_depth(bit_depth)
-    results = []
-    for name, steps in resolved.items():
-        output = _run_steps(pixels, steps, bit_depth or inferred)
-        counts, edges = intensity_histogram(output, histogram_bins)
-        results.append(PresetResult(name, output, describe_image(output), counts, edges))
-    return results
+    depth = bit_depth or inferred
+    outputs = _preset_pool().map(lambda steps: _run_steps(pixels, steps, depth), resolved.values())
+    return dict(zip(resolved, outputs))
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=2, thread_name_prefix="post_process")
 
 
 def comparison_grid(images: Mapping[str, np.ndarray], columns: int | None = None) -> np.ndarray:

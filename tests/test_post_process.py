@@ -604,3 +604,13 @@ def test_cli_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path, png8, a
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_apply_presets_side_by_side_equals_one_at_a_time(radiograph):
+    names = ["Sharp Detail", "Balanced", "Radiographic Film", "High Contrast"]
+    together = pp.apply_presets(radiograph, names)
+    assert list(together) == names  # the order given, although two run at once
+    for name in names:
+        np.testing.assert_array_equal(together[name], pp.apply_preset(radiograph, name))
+    with pytest.raises(pp.PresetError):
+        pp.apply_presets(radiograph, ["Balanced", "No Such Preset"])
