@@ -175,11 +175,38 @@ def test_dataset_missing_says_so(studio_env, monkeypatch, tmp_path):
     assert not at.exception and at.warning
 
 
+def test_missing_data_folder_is_reported_and_generation_still_works(studio_env, monkeypatch, tmp_path):
+    nowhere = tmp_path / "not_mounted"  # the folder does not exist at all
+    monkeypatch.setenv("CXR_DATA_DIR", str(nowhere))
+    monkeypatch.setenv("CXR_SAMPLE_DIR", str(nowhere))
+    at = open_app("dataset")
+    assert not at.exception
+    assert any("No dataset found" in w and str(nowhere) in w for w in texts(at.warning))
+    at.switch_page("app.py").run()
+    at = generate(at, prompt="normal chest", seed=2)
+    assert_clean(at)
+    assert at.session_state["generation"].images[0].image.shape == (256, 256)
+
+
+@pytest.mark.parametrize("content", [None, "{not json"], ids=["empty-folder", "broken-file"])
+def test_empty_or_broken_metrics_folder_says_how_to_produce_metrics(studio_env, content):
+    folder = studio_env / "metrics"
+    folder.mkdir()
+    if content is not None:
+        (folder / "ldm.json").write_text(content)
+    at = open_app("metrics")
+    assert not at.exception and not at.error
+    assert any("not yet produced" in i for i in texts(at.info))
+    assert any("python -m xray_generator evaluate --model ldm" in c for c in texts(at.code))
+    if content is not None:
+        assert any("ldm.json" in w for w in texts(at.warning))
+
+
 def test_missing_metrics_say_how_to_produce_them(studio_env):
     at = open_app("metrics")
     assert_clean(at)
     assert any("not yet produced" in i for i in texts(at.info))
-    assert any("python -m xray_generator.evaluation.run --model ldm" in c for c in texts(at.code))
+    assert any("python -m xray_generator evaluate --model ldm" in c for c in texts(at.code))
 
 
 def test_metrics_file_is_shown_with_ci_and_floor(studio_env):

@@ -118,12 +118,17 @@ def test_batch_zip_holds_pngs_and_a_manifest(pipe):
     assert read_png_metadata(archive.read(pngs[1]))["seed"] == 4
 
 
-def test_generator_statuses_say_why_a_family_is_unavailable(tmp_path, tiny_weights_root):
+def test_generator_statuses_say_why_a_family_is_unavailable(tmp_path, tiny_weights_root, monkeypatch):
+    # Isolated from the real outputs/: a training run in outputs/runs/ldm changes the reason given.
+    monkeypatch.setenv("CXR_OUTPUTS_DIR", str(tmp_path / "outputs"))
     assert studio.generator_statuses(tiny_weights_root)[0].available
     missing = studio.generator_statuses(tmp_path)[0]
     assert not missing.available and "no weights" in missing.reason
     (tmp_path / "ldm").mkdir()
     assert "MANIFEST.json" in studio.generator_statuses(tmp_path)[0].reason
+    (tmp_path / "ldm").rmdir()
+    (tmp_path / "outputs" / "runs" / "ldm").mkdir(parents=True)
+    assert "being trained" in studio.generator_statuses(tmp_path)[0].reason
 
 
 def test_custom_preset_holds_only_changed_operations_and_round_trips(outputs):

@@ -51,12 +51,15 @@ def command_generate(args) -> int:
         targets, manifest_path = [output], None
     else:
         targets, manifest_path = _batch_paths(output, args.n)
+        # Temporary files of a run killed mid-write (atomic_write names them ".<file>.<pid>.<id>.tmp").
+        for stale in targets[0].parent.glob(f".{targets[0].stem.rsplit('_', 1)[0]}_*.png.*.tmp"):
+            stale.unlink(missing_ok=True)
     rows = []
     for i, target in enumerate(targets):
         seed = args.seed + i
         if target.is_file():  # a rerun of an interrupted batch skips images already made with the same settings
             existing = read_png_metadata(target)
-            if existing.get("prompt") == args.prompt and existing.get("seed") == seed and existing.get("weights_sha256") == pipe.weights_hash and existing.get("steps") == (args.steps or pipe.generation_defaults["num_inference_steps"]):
+            if _same_settings(existing, pipe, args, seed):
                 rows.append({**existing, "file": target.name})
                 continue
         start = time.perf_counter()
@@ -72,7 +75,22 @@ def command_generate(args) -> int:
         print(f"{target}  ({elapsed:.2f} s, {result.metadata[0]['steps'] / elapsed:.1f} steps/s)")
         if manifest_path is not None:
             _write_manifest(manifest_path, rows, atomic_write_text)
+    if manifest_path is not None:
+        # Also when every image was already there: a batch killed before its last manifest write.
+        _write_manifest(manifest_path, rows, atomic_write_text)
     return 0
+
+
+def _same_settings(existing: dict, pipe, args, seed: int) -> bool:
+    """Whether an image on disk was made with exactly the settings of this run."""
+    defaults = pipe.generation_defaults
+    wanted = {
+        "prompt": args.prompt, "seed": seed, "weights_sha256": pipe.weights_hash,
+        "steps": args.steps or defaults["num_inference_steps"],
+        "guidance": float(args.guidance if args.guidance is not None else defaults["guidance_scale"]),
+        "sampler": args.sampler or defaults["sampler"], "negative_prompt": args.negative_prompt or "",
+    }
+    return all(existing.get(key) == value for key, value in wanted.items())
 
 
 def _write_manifest(path: Path, rows: list[dict], atomic_write_text) -> None:
@@ -82,6 +100,17 @@ def _write_manifest(path: Path, rows: list[dict], atomic_write_text) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def command_evaluate(args) -> int:
+    from xray_generator.evaluation.run import run_from_args
+    from xray_generator.weights import WeightsError
+
+    try:
+        run_from_args(args)
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    return 0
 
 
 def command_verify(args) -> int:
@@ -115,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
     gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
     gen.set_defaults(func=command_generate)
+    ev = sub.add_parser("evaluate", help="fidelity, diversity and memorisation metrics of a shipped generator -> outputs/metrics/<model>.json")
+    from xray_generator.evaluation.run import add_arguments
+
+    add_arguments(ev)
+    ev.set_defaults(func=command_evaluate)
     ver = sub.add_parser("verify-weights", help="check every shipped weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
     return parser

@@ -179,29 +179,40 @@ def read_dicom_bytes(data: bytes, name: str = "upload.dcm") -> np.ndarray:
         For bytes that are not DICOM, objects without an image, images over the size limit or of
         unusable shape, and compressed pixel data this installation cannot decode; the message says which.
     """
+    import warnings
+
+    with warnings.catch_warnings():
+        # pydicom warns about every non-conformant detail it reads past; the outcome is what counts.
+        warnings.simplefilter("ignore")
+        return _read_dicom_bytes(data, name)
+
+
+def _read_dicom_bytes(data: bytes, name: str) -> np.ndarray:
     from pydicom import dcmread
-    from pydicom.errors import InvalidDicomError
 
     if not data:
         raise ImageLoadError(f"{name} is empty")
+    errors = _parse_errors()
     try:
         header = dcmread(io.BytesIO(data), stop_before_pixels=True, force=not looks_like_dicom(data))
-    except (InvalidDicomError, EOFError, ValueError, TypeError, OSError, KeyError, IndexError) as exc:
+        has_size = "Rows" in header and "Columns" in header
+    except errors as exc:
         raise ImageLoadError(f"{name} is not a readable DICOM file: {exc}") from exc
-    if ("Rows" not in header or "Columns" not in header) and not looks_like_dicom(data):
+    if not has_size and not looks_like_dicom(data):
         raise ImageLoadError(f"{name} is not a DICOM file (no DICM marker and no image attributes)")
-    if "Rows" not in header or "Columns" not in header:
+    if not has_size:
         raise ImageLoadError(f"{name} is a DICOM file without an image (no Rows/Columns), e.g. a report or structured document")
     try:
+        # pydicom converts an element's value when it is first read, so a damaged header fails here.
         rows, columns = int(header.Rows), int(header.Columns)
         frames = int(header.get("NumberOfFrames", 1) or 1)
         samples = int(header.get("SamplesPerPixel", 1) or 1)
-    except (TypeError, ValueError) as exc:
+    except errors as exc:
         raise ImageLoadError(f"{name} has an unreadable image size: {exc}") from exc
     if rows * columns > MAX_PIXELS:
         raise ImageLoadError(f"{name} is {columns} x {rows} pixels, over the limit of {MAX_PIXELS:,} pixels")
     check_image_dimensions(columns, rows, name)
-    if frames > 1 and rows * columns * frames > 4 * MAX_PIXELS:
+    if frames < 1 or (frames > 1 and rows * columns * frames > 4 * MAX_PIXELS):
         raise ImageLoadError(f"{name} has {frames} frames of {columns} x {rows} pixels, too much to decode")
     if samples not in (1, 3):
         raise ImageLoadError(f"{name} has {samples} samples per pixel; expected 1 (grey) or 3 (colour)")
@@ -210,20 +221,45 @@ def read_dicom_bytes(data: bytes, name: str = "upload.dcm") -> np.ndarray:
         ds = dcmread(io.BytesIO(data), force=not looks_like_dicom(data))
         if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
             raise ImageLoadError(f"{name} has image attributes but no pixel data")
-        pixels = ds.pixel_array
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     except ImageLoadError:
         raise
+    except errors as exc:
+        raise ImageLoadError(f"{name} is not a readable DICOM file: {exc}") from exc
+    try:
+        pixels = ds.pixel_array
     except (NotImplementedError, RuntimeError) as exc:
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        syntax_name = getattr(syntax, "name", str(syntax))
-        raise ImageLoadError(
-            f"{name} uses the compressed transfer syntax {syntax_name!r}, which this installation cannot decode; "
-            "export it uncompressed (explicit VR little endian) or as PNG"
-        ) from exc
-    except (ValueError, TypeError, AttributeError, KeyError, EOFError, OSError) as exc:
+        if _is_compressed(syntax):
+            raise ImageLoadError(
+                f"{name} uses the compressed transfer syntax {getattr(syntax, 'name', str(syntax))!r}, which this installation "
+                "cannot decode; export it uncompressed (explicit VR little endian) or as PNG"
+            ) from exc
         raise ImageLoadError(f"{name}: the pixel data could not be decoded ({exc})") from exc
+    except errors as exc:
+        raise ImageLoadError(f"{name}: the pixel data could not be decoded ({exc})") from exc
+    try:
+        return _dicom_pixels_to_float(ds, pixels, frames, samples, name)
+    except ImageLoadError:
+        raise
+    except errors as exc:
+        raise ImageLoadError(f"{name}: the image attributes could not be applied ({exc})") from exc
 
-    return _dicom_pixels_to_float(ds, pixels, frames, samples, name)
+
+def _is_compressed(syntax) -> bool:
+    try:
+        return bool(syntax is not None and syntax.is_compressed)
+    except (ValueError, AttributeError):  # not a known transfer syntax UID
+        return False
+
+
+def _parse_errors() -> tuple[type[BaseException], ...]:
+    """What pydicom raises on damaged bytes: its own errors plus the built-ins its parsers let through."""
+    import struct
+
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (InvalidDicomError, BytesLengthException, NotImplementedError, EOFError, ValueError, TypeError, OSError,
+            LookupError, AttributeError, OverflowError, ArithmeticError, struct.error, MemoryError)
 
 
 def _dicom_pixels_to_float(ds, pixels: np.ndarray, frames: int, samples: int, name: str) -> np.ndarray:
@@ -239,7 +275,7 @@ def _dicom_pixels_to_float(ds, pixels: np.ndarray, frames: int, samples: int, na
             arr = apply_modality_lut(arr, ds)
             if "WindowCenter" in ds or "VOILUTSequence" in ds:
                 arr = apply_voi_lut(arr, ds, index=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        except (ValueError, TypeError, LookupError, AttributeError, NotImplementedError, ArithmeticError):
             pass  # a malformed LUT: fall back to the stored values, stretched below
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2:

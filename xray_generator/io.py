@@ -144,6 +144,9 @@ MIN_UPLOAD_SIDE = 16
 MAX_UPLOAD_ASPECT = 8.0
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "dcm")
+# The Pillow decoders an upload may reach. Naming them keeps untrusted bytes away from the rest
+# (EPS would hand them to Ghostscript; rarely used plugins are less hardened).
+UPLOAD_PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 
 
 def check_image_dimensions(width: int, height: int, name: str = "image") -> None:
@@ -165,15 +168,19 @@ def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
     The size in the header is checked before the pixels are decoded, so a decompression bomb costs
     nothing. 16-bit greyscale keeps its precision; RGBA, palette and other colour modes become grey
     (alpha is ignored); EXIF rotation is applied; a multi-frame file gives its first frame. DICOM
-    (by the .dcm suffix or the DICM marker) goes to `xray_generator.dicom.read_dicom_bytes`.
+    (by the .dcm suffix or the DICM marker) goes to `xray_generator.dicom.read_dicom_bytes`. Other
+    formats Pillow knows (GIF, EPS, ICO ...) are refused: untrusted bytes reach only these decoders.
 
     Raises
     ------
     ImageLoadError
-        Empty or oversized input, bytes that are no image, truncated files, and sizes no radiograph
-        has (see `check_image_dimensions`); the message names the file and the problem.
+        Empty or oversized input, bytes that are no image, truncated or damaged files, and sizes no
+        radiograph has (see `check_image_dimensions`); the message names the file and the problem.
+        The built-in errors Pillow's and pydicom's parsers raise on damaged bytes become ImageLoadError
+        too (tests/test_input_validation.py fuzzes this).
     """
     import io as _io
+    import struct
     import warnings
 
     from PIL import ImageOps, UnidentifiedImageError
@@ -191,8 +198,10 @@ def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
         return read_dicom_bytes(data, name)
     try:
         with warnings.catch_warnings():
+            # Damaged files make the decoders warn (corrupt EXIF, short tags); the outcome is what counts.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(_io.BytesIO(data)) as im:
+            with Image.open(_io.BytesIO(data), formats=UPLOAD_PIL_FORMATS) as im:
                 check_image_dimensions(*im.size, name)  # the header only: nothing decoded yet
                 im.seek(0)
                 im.load()
@@ -204,10 +213,12 @@ def decode_upload(data: bytes, name: str = "upload") -> np.ndarray:
         raise ImageLoadError(f"{name} is not an image file this studio can read (PNG, JPEG, TIFF, BMP, WebP or DICOM)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(f"{name} claims more pixels than the limit of {MAX_PIXELS:,} (possible decompression bomb)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, LookupError, TypeError, AttributeError,
+            ArithmeticError, MemoryError) as exc:
+        # Pillow's format plugins let built-in errors through on damaged headers and pixel streams.
         text = str(exc)
         damaged = any(word in text.lower() for word in ("truncated", "broken", "crc", "corrupt"))
-        reason = "the file is truncated or damaged" if damaged or isinstance(exc, (SyntaxError, EOFError)) else text
+        reason = "the file is truncated or damaged" if damaged or not isinstance(exc, (OSError, ValueError)) else text
         raise ImageLoadError(f"{name} could not be decoded: {reason}") from exc
 
 

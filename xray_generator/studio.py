@@ -169,15 +169,39 @@ class GenerationRequest:
     preset_steps: tuple = ()
 
     def check(self) -> None:
-        """ValueError with a message a user can act on; the pipeline checks the rest."""
+        """ValueError with a message a user can act on, before the generation lock is taken.
+
+        Wrong types (a seed of "7" or 1.5, steps of "10", a NaN guidance) are refused here rather
+        than coerced; the prompt rules (length, control characters) are the pipeline's
+        `check_prompt_text`, and the pipeline checks the ranges of steps and guidance again.
+        """
+        from xray_generator.pipelines.latent_diffusion import MAX_GUIDANCE, MAX_STEPS, check_prompt_text
+
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise ValueError("the prompt is empty; describe the radiograph, e.g. 'PA chest radiograph, right lower lobe pneumonia'")
+        check_prompt_text(self.prompt, "the prompt")
+        if not isinstance(self.negative_prompt, str):
+            raise ValueError("the negative prompt must be text")
+        check_prompt_text(self.negative_prompt, "the negative prompt")
         if self.resolution != NATIVE_RESOLUTION and self.resolution not in UPSCALED_RESOLUTIONS:
             raise ValueError(f"resolution must be {NATIVE_RESOLUTION} (native) or one of {UPSCALED_RESOLUTIONS} (upscaled)")
-        if not 1 <= int(self.num_images) <= MAX_IMAGES_PER_REQUEST:
-            raise ValueError(f"number of images must be from 1 to {MAX_IMAGES_PER_REQUEST}")
-        if not 0 <= int(self.seed) < 2**63 - MAX_IMAGES_PER_REQUEST:
-            raise ValueError("seed must be a non-negative integer below 2**63")
+        if not _is_integer(self.num_images) or not 1 <= self.num_images <= MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"number of images must be an integer from 1 to {MAX_IMAGES_PER_REQUEST}, got {self.num_images!r}")
+        if not _is_integer(self.seed) or not 0 <= self.seed < 2**63 - MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
+        if self.steps is not None and (not _is_integer(self.steps) or not 1 <= self.steps <= MAX_STEPS):
+            raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {self.steps!r}")
+        if self.guidance is not None and not (
+            isinstance(self.guidance, (int, float, np.integer, np.floating)) and not isinstance(self.guidance, bool)
+            and np.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE
+        ):
+            raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE}, got {self.guidance!r}")
+        if self.sampler is not None and not isinstance(self.sampler, str):
+            raise ValueError(f"sampler must be a name such as 'dpm++', got {self.sampler!r}")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -243,7 +267,7 @@ def generate_images(
     `should_cancel()` returning True stops at the next step (GenerationCancelled).
     """
     request.check()
-    steps = request.steps if request.steps is not None else pipe.generation_defaults["num_inference_steps"]
+    steps = int(request.steps) if request.steps is not None else pipe.generation_defaults["num_inference_steps"]
     total = steps * request.num_images
     images: list[GeneratedImage] = []
     notices: list[str] = []
@@ -564,7 +588,7 @@ def custom_preset_steps(controls: dict[str, Any]) -> list[tuple[str, dict]]:
 # Metrics and training logs
 # ---------------------------------------------------------------------------------------------------
 
-METRICS_COMMAND = "python -m xray_generator.evaluation.run --model {model}"
+METRICS_COMMAND = "python -m xray_generator evaluate --model {model}"
 
 
 def metrics_dir() -> Path:

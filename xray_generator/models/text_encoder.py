@@ -87,7 +87,8 @@ class FrozenTextEncoder(torch.nn.Module):
         return int(self.model.config.hidden_size)
 
     def token_count(self, prompt: str) -> int:
-        return len(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        # verbose=False: counting a long prompt is the point, not a reason to warn it exceeds the model's length.
+        return len(self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import shutil
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from diffusers import (
 from PIL import Image
 
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
-from xray_generator.weights import replace_folder_atomically, verify_manifest, weights_hash, write_manifest
+from xray_generator.weights import WeightsError, replace_folder_atomically, verify_manifest, weights_hash, write_manifest
 
 # Sampler name -> (scheduler class, extra config). Each call builds its own scheduler from the
 # training noise schedule, so concurrent calls on one pipeline never share solver state.
@@ -45,6 +46,59 @@ MAX_GUIDANCE = 30.0
 MAX_IMAGES_PER_CALL = 64
 MAX_PROMPT_CHARS = 10_000
 PIPELINE_FILE = "pipeline.json"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _plain_number(value: Any) -> Any:
+    """A NumPy integer or float scalar as the Python number it holds; anything else unchanged."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
+
+
+def _read_pipeline_info(path: Path) -> dict:
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(info, dict) or not isinstance(info.get("text_encoder"), str):
+        raise ValueError("expected a JSON object with a 'text_encoder' name")
+    return info
+
+
+def _load_part(path: Path, load: Callable[[], Any]) -> Any:
+    """Run `load`; any failure becomes a WeightsError that names the file or folder that failed."""
+    try:
+        return load()
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        if isinstance(exc, WeightsError):
+            raise
+        raise WeightsError(f"could not load {path}: {type(exc).__name__}: {exc}".strip()) from exc
+
+
+def check_prompt_text(text: str, what: str = "prompt") -> None:
+    """ValueError if `text` is over MAX_PROMPT_CHARS or holds a control character that is not whitespace.
+
+    Tab, newline and other whitespace are fine (the tokenizer treats them as spaces). NUL, escape
+    sequences, DEL, C1 controls and unpaired surrogates are refused with their position, so the
+    user can find them; nothing is stripped silently, so the recorded prompt is the prompt used.
+    """
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{what} has {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    for position, char in enumerate(text):
+        category = unicodedata.category(char)
+        if (category == "Cc" and not char.isspace()) or category == "Cs":
+            kind = "an unpaired surrogate" if category == "Cs" else "a control character"
+            raise ValueError(
+                f"{what} contains {kind} (U+{ord(char):04X}) at position {position + 1}; "
+                "remove it (only printable text, tabs and line breaks are accepted)"
+            )
 
 
 class GenerationCancelled(RuntimeError):
@@ -138,17 +192,19 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         """
         folder = Path(pretrained_model_name_or_path)
         digest = verify_manifest(folder) if verify else weights_hash(folder)
-        info = json.loads((folder / PIPELINE_FILE).read_text())
+        info = _load_part(folder / PIPELINE_FILE, lambda: _read_pipeline_info(folder / PIPELINE_FILE))
         if not isinstance(text_encoder, FrozenTextEncoder):
             text_encoder = FrozenTextEncoder(text_encoder or info["text_encoder"], max_length=info.get("text_max_length", 64))
-        vae = AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True)
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).float()
-        projection = TextProjection.from_pretrained(folder / "text_projection", use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(folder / "scheduler")
+        # The manifest proves the files are the ones exported; these catch an export that was itself broken.
+        vae = _load_part(folder / "vae", lambda: AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True))
+        unet = _load_part(folder / "unet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).float())
+        projection = _load_part(folder / "text_projection", lambda: TextProjection.from_pretrained(folder / "text_projection", use_safetensors=True))
+        scheduler = _load_part(folder / "scheduler", lambda: DDPMScheduler.from_pretrained(folder / "scheduler"))
         pipe = cls(vae=vae, unet=unet, text_projection=projection, scheduler=scheduler, text_encoder=text_encoder)
         pipe.generation_defaults.update(info.get("generation_defaults", {}))
         pipe.model_name = info.get("model_name", folder.name)
         pipe.weights_hash = digest
+        pipe.weights_folder = folder
         if torch_dtype == torch.float32:
             pipe.precision = "fp32"
         for module in (vae, unet, projection):
@@ -188,31 +244,53 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         latents = posterior.sample(sample_generator) if sample_generator is not None else posterior.mode()
         return (latents.float() - (config.shift_factor or 0.0)) * config.scaling_factor
 
-    def check_inputs(self, prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed) -> list[str]:
+    def check_inputs(
+        self, prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed,
+        generator=None, latents=None, callback_on_step_end=None,
+    ) -> list[str]:
+        """Validate every argument of `__call__` before any model runs; ValueError/TypeError say what was expected.
+
+        Prompts are refused, never silently changed, when they are empty, longer than
+        MAX_PROMPT_CHARS, or hold control characters other than whitespace (tab, newline ...) or
+        unpaired surrogates: a NUL or an ANSI escape sequence in a prompt is a pasting accident or
+        an injection attempt, and the prompt recorded in the image metadata must be the one used.
+        Any script and emoji are accepted (the tokenizer maps what it does not know to [UNK]).
+        """
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompt must be a non-empty string or a list of strings")
         for p in prompts:
             if not p.strip():
                 raise ValueError("prompt is empty; describe the radiograph, e.g. 'normal adult PA chest radiograph'")
-            if len(p) > MAX_PROMPT_CHARS:
-                raise ValueError(f"prompt has {len(p)} characters; the limit is {MAX_PROMPT_CHARS}")
-        if negative_prompt is not None and not isinstance(negative_prompt, (str, list)):
-            raise ValueError("negative_prompt must be a string or a list of strings")
-        if isinstance(negative_prompt, list) and len(negative_prompt) != len(prompts):
-            raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or not 1 <= num_inference_steps <= MAX_STEPS:
+            check_prompt_text(p, "prompt")
+        if negative_prompt is not None:
+            negatives = [negative_prompt] if isinstance(negative_prompt, str) else negative_prompt
+            if not isinstance(negatives, (list, tuple)) or not all(isinstance(n, str) for n in negatives):
+                raise ValueError("negative_prompt must be a string or a list of strings")
+            if not isinstance(negative_prompt, str) and len(negatives) != len(prompts):
+                raise ValueError(f"got {len(negatives)} negative prompts for {len(prompts)} prompts")
+            for n in negatives:
+                check_prompt_text(n, "negative_prompt")
+        if not _is_int(num_inference_steps) or not 1 <= num_inference_steps <= MAX_STEPS:
             raise ValueError(f"num_inference_steps must be an integer from 1 to {MAX_STEPS}, got {num_inference_steps!r}")
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or not math.isfinite(guidance_scale) or not 0.0 <= guidance_scale <= MAX_GUIDANCE:
+        if not _is_real(guidance_scale) or not math.isfinite(guidance_scale) or not 0.0 <= guidance_scale <= MAX_GUIDANCE:
             raise ValueError(f"guidance_scale must be a number from 0 to {MAX_GUIDANCE}, got {guidance_scale!r}")
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or not 1 <= num_images_per_prompt * len(prompts) <= MAX_IMAGES_PER_CALL:
+        if not _is_int(num_images_per_prompt) or not 1 <= num_images_per_prompt * len(prompts) <= MAX_IMAGES_PER_CALL:
             raise ValueError(f"num_images_per_prompt must be a positive integer, at most {MAX_IMAGES_PER_CALL} images per call")
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (len(self.unet.config.block_out_channels) - 1)
         for name, value in (("height", height), ("width", width)):
-            if not isinstance(value, int) or value < factor or value % factor or value > 1024:
+            if not _is_int(value) or value < factor or value % factor or value > 1024:
                 raise ValueError(f"{name} must be a multiple of {factor} between {factor} and 1024, got {value!r}")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**63):
             raise ValueError(f"seed must be an integer from 0 to 2**63-1, got {seed!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}; pass seed=... for a seeded run")
+        if latents is not None and not isinstance(latents, torch.Tensor):
+            raise TypeError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+        if latents is not None and not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinite values")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
         return list(prompts)
 
     # ------------------------------------------------------------------ generation
@@ -238,7 +316,9 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         ----------
         prompt : str or list of str
             Radiology-style description, e.g. "right lower lobe pneumonia, adult PA film".
-            Text beyond the encoder's token limit is truncated (a notice says so).
+            Text beyond the encoder's token limit is truncated (a notice says so). Any script and emoji
+            are accepted; empty prompts, more than 10,000 characters and control characters other
+            than whitespace are refused with a ValueError (see `check_prompt_text`).
         negative_prompt : str or list of str, optional
             What to steer away from; replaces the empty unconditional prompt in guidance.
         num_inference_steps : int, default from pipeline.json (14)
@@ -269,7 +349,14 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         sampler = d["sampler"] if sampler is None else sampler
         height = d["height"] if height is None else height
         width = d["width"] if width is None else width
-        prompts = self.check_inputs(prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed)
+        # NumPy scalars (a seed from np.random, steps from a config array) count as the plain numbers they hold.
+        num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed = (
+            _plain_number(v) for v in (num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed)
+        )
+        prompts = self.check_inputs(
+            prompt, negative_prompt, num_inference_steps, guidance_scale, num_images_per_prompt, height, width, seed,
+            generator=generator, latents=latents, callback_on_step_end=callback_on_step_end,
+        )
         scheduler = self.make_scheduler(sampler)
         if generator is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed

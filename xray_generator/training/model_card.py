@@ -82,7 +82,7 @@ def mean_train_loss(log_path: Path, last_rows: int = 50) -> float | None:
     return float(np.mean(losses[-last_rows:])) if losses else None
 
 
-def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None) -> Path:
+def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None, vae_finetune_run: Path | None = None) -> Path:
     pipe = XRayDiffusionPipeline.from_pretrained(weights)
     manifest = load_manifest()
     test = manifest.query(split="test", native_px=256)
@@ -95,8 +95,14 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
     vae_state = json.loads((CheckpointDir(vae_run).latest() / "state.json").read_text())
     ldm_state = json.loads((CheckpointDir(ldm_run).latest() / "state.json").read_text())
-    for name, run in (("vae", vae_run), ("ldm", ldm_run)):
+    runs = [("vae", vae_run), ("ldm", ldm_run)] + ([("vae_decoder_finetune", vae_finetune_run)] if vae_finetune_run else [])
+    for name, run in runs:
         shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
+    finetune_row = ""
+    if vae_finetune_run:
+        ft = json.loads((CheckpointDir(vae_finetune_run).latest() / "state.json").read_text())
+        finetune_row = (f"| VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged) | {ft['step']:,} | {ft['samples_seen']:,} | "
+                        f"{ft['wall_seconds'] / 3600:.2f} h | val PSNR {ft.get('val_psnr') or float('nan'):.2f} dB, SSIM {ft.get('val_ssim') or float('nan'):.4f} (EMA, 32 val frames) |\n")
     ldm_val = last_val(ldm_run / "log.csv", "val_loss")
     psnr_ci, ssim_ci = _ci(quality["psnr"]), _ci(quality["ssim"])
     train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
@@ -129,9 +135,9 @@ Caveat from the dataset card: source and label are entangled (paediatric Kermany
 | stage | steps | samples seen | wall time | final losses |
 |---|--:|--:|--:|---|
 | VAE | {vae_state['step']:,} | {vae_state['samples_seen']:,} | {vae_state['wall_seconds'] / 3600:.2f} h | val PSNR {vae_state.get('val_psnr') or float('nan'):.2f} dB (EMA, {32} val frames) |
-| UNet | {ldm_state['step']:,} | {ldm_state['samples_seen']:,} | {ldm_state['wall_seconds'] / 3600:.2f} h | train {mean_train_loss(ldm_run / 'log.csv'):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |
+{finetune_row}| UNet | {ldm_state['step']:,} | {ldm_state['samples_seen']:,} | {ldm_state['wall_seconds'] / 3600:.2f} h | train {mean_train_loss(ldm_run / 'log.csv'):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |
 
-Loss logs: `training_log_vae.csv`, `training_log_ldm.csv`.
+Loss logs: {', '.join(f'`training_log_{name}.csv`' for name, _ in runs)}.
 
 ## VAE reconstruction on the test split (256 px frames, n = {len(frames)})
 PSNR {np.mean(quality['psnr']):.2f} dB (95% CI {psnr_ci[0]:.2f}–{psnr_ci[1]:.2f}), SSIM {np.mean(quality['ssim']):.4f} (95% CI {ssim_ci[0]:.4f}–{ssim_ci[1]:.4f}).
@@ -156,9 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="weights/ldm")
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
+    parser.add_argument("--vae-finetune-run", default=None, help="run folder of a decoder fine-tune shipped in weights/ldm/vae")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     args = parser.parse_args(argv)
-    print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon))
+    print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
+                     Path(args.vae_finetune_run) if args.vae_finetune_run else None))
 
 
 if __name__ == "__main__":

@@ -296,15 +296,24 @@ def write_sample_grid(pipe: XRayDiffusionPipeline, path: Path, prompts: tuple[st
     grid.save(path)
 
 
-def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str | None = None) -> Path:
-    """Write the latest checkpoint's EMA weights as a shippable pipeline folder (safetensors + MANIFEST)."""
+def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str | None = None, autoencoder_dir: str | Path | None = None) -> Path:
+    """Write the latest checkpoint's EMA weights as a shippable pipeline folder (safetensors + MANIFEST).
+
+    `autoencoder_dir` ships a decoder fine-tuned after the UNet was trained; its encoder must be
+    the one the UNet's latents came from, which is checked tensor by tensor.
+    """
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     latest = CheckpointDir(run_dir).latest()
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
     state = json.loads((latest / "state.json").read_text())
-    autoencoder = AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True)
+    autoencoder = AutoencoderKL.from_pretrained(autoencoder_dir or config["autoencoder"], use_safetensors=True)
+    if autoencoder_dir is not None:
+        trained_on = AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True).state_dict()
+        for name, tensor in autoencoder.state_dict().items():
+            if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(tensor, trained_on[name]):
+                raise ValueError(f"{autoencoder_dir} has a different encoder ({name}) from the one the UNet was trained on")
     autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"])
     encoder = FrozenTextEncoder(text_encoder or config["text_encoder"], max_length=config.get("text_max_length", 64))
     unet = build_unet(config["unet"])
@@ -330,11 +339,12 @@ def main(argv: list[str] | None = None) -> None:
     export = sub.add_parser("export", help="write the latest EMA weights as a pipeline folder")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
+    export.add_argument("--autoencoder", default=None, help="a fine-tuned autoencoder folder to ship (same encoder as in training)")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
     else:
-        print(export_pipeline(args.run, args.out))
+        print(export_pipeline(args.run, args.out, autoencoder_dir=args.autoencoder))
 
 
 if __name__ == "__main__":
