@@ -26,6 +26,7 @@ _ui.configure_runtime()
 PAGES = {
     "Create": [
         st.Page("pages/generate.py", title="Generate", icon=":material/auto_awesome:", default=True),
+        st.Page("pages/edit.py", title="Edit a radiograph", icon=":material/healing:"),
         st.Page("pages/enhance.py", title="Enhancement comparison", icon=":material/tune:"),
     ],
     "Explore": [

@@ -62,6 +62,17 @@ def pipeline(status: studio.GeneratorStatus):
     return _cached_pipeline(status.name, str(status.folder.parent), status.weights_hash or "")
 
 
+@st.cache_resource(show_spinner="Loading the classifier and verifying its weights…", max_entries=2)
+def _cached_classifier(folder: str, manifest_mtime: float):
+    return studio.load_finding_classifier(Path(folder).parent)
+
+
+def finding_classifier():
+    """The verified finding classifier, cached per weights folder and manifest version."""
+    folder = studio.classifier_folder()
+    return _cached_classifier(str(folder), (folder / "MANIFEST.json").stat().st_mtime)
+
+
 @st.cache_resource(show_spinner="Reading the dataset manifest…", max_entries=4)
 def _cached_dataset(path: str, modified: float):
     return studio.load_dataset(path)

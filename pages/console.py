@@ -12,6 +12,7 @@ from xray_generator import studio
 from xray_generator.evaluation.descriptors import DESCRIPTOR_NAMES, intensity_histogram
 from xray_generator.io import to_uint8
 from xray_generator.pipelines.latent_diffusion import GenerationCancelled
+from xray_generator.weights import WeightsError
 
 
 def gather(manifest, status, label: str, n: int, seed: int, use_cache: bool) -> dict:
@@ -107,6 +108,32 @@ def memorisation(state: dict, manifest) -> None:
         heat.update_xaxes(showticklabels=False)
         heat.update_yaxes(showticklabels=False)
         st.plotly_chart(heat, key="console_difference")
+
+
+def classifier_section(state: dict) -> None:
+    try:
+        classifier = _ui.finding_classifier()
+    except WeightsError as exc:
+        st.error(f"The classifier's weights failed verification, so no scores are shown: {exc}")
+        return
+    images = [img for _, img in state["real"]] + [g.native for g in state["generated"]]
+    kinds = ["real"] * len(state["real"]) + ["synthetic"] * len(state["generated"])
+    names = [i for i, _ in state["real"]] + [f"seed {g.metadata.get('seed')}" for g in state["generated"]]
+    table = studio.classifier_score_table(classifier, images, kinds, names)
+    labels = list(classifier.labels)
+    summary = table.groupby("kind")[labels].agg(["mean", "count"])
+    st.dataframe(summary.style.format("{:.3f}"), width="stretch")
+    st.caption("Mean predicted probability per label (count = images). Compare synthetic with real of the same finding.")
+    with st.expander("Per-image scores"):
+        st.dataframe(table.style.format({label: "{:.3f}" for label in labels}), hide_index=True, width="stretch")
+    left, right = st.columns(2)
+    index = left.selectbox("Grad-CAM for", range(len(images)), key="console_cam_image",
+                           format_func=lambda i: f"{kinds[i].upper()} · {names[i]}")
+    default = labels.index(state["label"]) if state["label"] in labels else 0
+    label = right.selectbox("Label", labels, index=default, key="console_cam_label")
+    overlay = studio.grad_cam_overlay(classifier, images[index], label)
+    caption = f"{'SYNTHETIC' if kinds[index] == 'synthetic' else 'REAL'} · {names[index]} · Grad-CAM for {label} (p = {table[label].iloc[index]:.3f})"
+    st.image(overlay, caption=caption, width=320)
 
 
 def quiz(state: dict | None, manifest) -> None:
@@ -208,7 +235,11 @@ def main() -> None:
         with _ui.section("Classifier"):
             st.subheader("Classifier scores and Grad-CAM")
             trained, text = studio.classifier_status()
-            (st.success if trained else st.info)(text)
+            if not trained:
+                st.info(text)
+            else:
+                st.caption(text)
+                classifier_section(state)
     else:
         st.info("Choose a finding and press Compare.")
     with _ui.section("Quiz"):

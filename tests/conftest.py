@@ -52,3 +52,21 @@ def tiny_weights_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tiny_weights_root) -> Path:
     return tiny_weights_root / "ldm"
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A verified folder holding an untrained tiny finding classifier (configs/classifier_tiny.json)."""
+    from safetensors.torch import save_file
+
+    from xray_generator.models.classifier import build_classifier
+    from xray_generator.weights import write_manifest
+
+    folder = tmp_path_factory.mktemp("classifier_root") / "classifier"
+    folder.mkdir()
+    config = json.loads((REPO / "configs" / "classifier_tiny.json").read_text())
+    torch.manual_seed(0)
+    save_file(build_classifier(config).state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config))
+    write_manifest(folder)
+    return folder

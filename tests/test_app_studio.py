@@ -209,6 +209,18 @@ def test_classifier_is_reported_as_not_trained(tmp_path):
     assert not trained and message.startswith("Classifier not trained yet")
 
 
+def test_classifier_scores_and_grad_cam_overlay(tiny_classifier_dir):
+    classifier = studio.load_finding_classifier(tiny_classifier_dir.parent)
+    assert studio.classifier_status(tiny_classifier_dir.parent)[0]
+    rng = np.random.default_rng(0)
+    images = [rng.random((256, 256), dtype=np.float32), rng.random((224, 224), dtype=np.float32)]
+    table = studio.classifier_score_table(classifier, images, ["real", "synthetic"], ["a", "seed 1"])
+    assert list(table.columns) == ["kind", "image", *classifier.labels] and len(table) == 2
+    assert ((table[list(classifier.labels)] >= 0) & (table[list(classifier.labels)] <= 1)).all().all()
+    overlay = studio.grad_cam_overlay(classifier, images[0], classifier.labels[0])
+    assert overlay.shape == (256, 256, 3) and overlay.dtype == np.uint8
+
+
 SHIPPED = REPO / "weights" / "ldm" / "MANIFEST.json"
 
 

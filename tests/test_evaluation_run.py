@@ -4,26 +4,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from safetensors.torch import save_file
-
 from tests.conftest import REPO
 from xray_generator.evaluation.report import read_metrics_json
 from xray_generator.evaluation.run import EvaluationSettings, evaluate, evaluation_prompts, held_out_real
-from xray_generator.weights import write_manifest
 
 SAMPLE = REPO / "dataset"
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier_dir(tmp_path_factory):
-    from xray_generator.models.classifier import build_classifier
-
-    folder = tmp_path_factory.mktemp("classifier")
-    config = json.loads((REPO / "configs" / "classifier_tiny.json").read_text())
-    save_file(build_classifier(config).state_dict(), str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(config))
-    write_manifest(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

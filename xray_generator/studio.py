@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from xray_generator.io import atomic_write, png_bytes_with_metadata, read_gray, read_png_metadata
+from xray_generator.io import atomic_write, png_bytes_with_metadata, read_gray, read_png_metadata, to_uint8
 from xray_generator.paths import outputs_dir, weights_dir
 
 DISCLAIMER = "Synthetic images for research use only. Not for clinical use."
@@ -923,13 +923,52 @@ def descriptor_rows(images: Sequence[np.ndarray], kind: str, names: Sequence[str
     return [{"kind": kind, "image": name, **describe_image(np.asarray(image, np.float32))} for image, name in zip(images, names)]
 
 
+def classifier_folder(root: str | Path | None = None) -> Path:
+    return (Path(root) if root is not None else weights_dir()) / "classifier"
+
+
 def classifier_status(root: str | Path | None = None) -> tuple[bool, str]:
     """Whether a trained finding classifier exists; the console shows no scores without one."""
-    folder = Path(root) if root is not None else weights_dir()
-    if (folder / "classifier" / "MANIFEST.json").is_file():
-        return True, (f"Classifier weights found in {folder / 'classifier'}, but the studio cannot run this classifier yet, "
-                      "so no scores or Grad-CAM overlays are shown.")
-    return False, "Classifier not trained yet: no classifier scores or Grad-CAM overlays can be shown."
+    folder = classifier_folder(root)
+    if (folder / "MANIFEST.json").is_file():
+        return True, (f"Scores from our chest X-ray classifier ({folder}), trained on real images only. Its per-label test "
+                      "AUROC is in its model card; source and label are entangled in the training data, so a score partly "
+                      "reflects what a source's films look like.")
+    return False, ("Classifier not trained yet, so no scores or Grad-CAM overlays can be shown. Train it with "
+                   "`python -m xray_generator.training.train_classifier train --config configs/classifier.json --run outputs/runs/classifier` "
+                   "and export it to weights/classifier.")
+
+
+def load_finding_classifier(root: str | Path | None = None):
+    """The verified classifier (raises WeightsError on a hash mismatch)."""
+    from xray_generator.models.classifier import load_classifier
+
+    return load_classifier(classifier_folder(root))
+
+
+def classifier_score_table(classifier, images: Sequence[np.ndarray], kinds: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
+    """One row per image: its kind (real/synthetic), name and the classifier's probability per label."""
+    if not images:
+        return pd.DataFrame(columns=["kind", "image", *classifier.labels])
+    probabilities = classifier.predict_proba([np.asarray(image, dtype=np.float32) for image in images])
+    table = pd.DataFrame(probabilities, columns=list(classifier.labels))
+    table.insert(0, "image", list(names))
+    table.insert(0, "kind", list(kinds))
+    return table
+
+
+def grad_cam_overlay(classifier, image: np.ndarray, label: str, opacity: float = 0.45) -> np.ndarray:
+    """RGB uint8: the radiograph in grey with the label's Grad-CAM heat map over it."""
+    import cv2
+
+    from xray_generator.models.classifier import grad_cam
+
+    image = np.asarray(image, dtype=np.float32)
+    heat = grad_cam(classifier, image, label)
+    grey = np.repeat(to_uint8(image)[..., None], 3, axis=2)
+    colour = cv2.applyColorMap(to_uint8(heat), cv2.COLORMAP_JET)[..., ::-1]
+    alpha = (opacity * heat)[..., None]
+    return (grey * (1.0 - alpha) + colour * alpha + 0.5).astype(np.uint8)
 
 
 def samples_cache_dir(model: str, weights_hash: str, label: str) -> Path:
@@ -977,3 +1016,91 @@ def build_quiz(real: Sequence[tuple[str, np.ndarray]], synthetic: Sequence[Gener
     picks += [fake_items[i] for i in rng.choice(len(fake_items), size=min(rounds - len(picks), len(fake_items)), replace=False)]
     order = rng.permutation(len(picks))
     return [picks[i] for i in order]
+
+
+# ------------------------------------------------------------------ editing a real radiograph
+EDIT_MEASUREMENT_COMMAND = "python -m xray_generator.evaluation.editing --n 200 --strengths 0.3 0.5 0.7"
+
+
+def edit_source_table(manifest) -> pd.DataFrame:
+    """The dataset images an edit can start from, with the source and licence shown next to each."""
+    columns = ["image_id", "labels", "view", "split", "source", "source_repo", "license"]
+    return manifest.table[[c for c in columns if c in manifest.table.columns]].reset_index(drop=True)
+
+
+def edit_radiograph(
+    pipe,
+    source: np.ndarray,
+    prompt: str,
+    *,
+    strength: float = 0.5,
+    mask: np.ndarray | str | None = None,
+    seed: int = 0,
+    negative_prompt: str = "",
+    steps: int | None = None,
+    guidance: float | None = None,
+    sampler: str | None = None,
+    source_id: str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+):
+    """`pipe.edit` with progress reporting and the studio's provenance fields; returns (EditResult, seconds).
+
+    `on_step(done, total)` counts the denoising steps that actually run (strength x steps);
+    `should_cancel()` returning True stops at the next step (GenerationCancelled).
+    """
+    from xray_generator.pipelines.editing import check_strength
+
+    schedule = int(steps) if steps is not None else int(pipe.generation_defaults["num_inference_steps"])
+    total = max(1, int(schedule * check_strength(strength)))
+
+    def callback(_pipe, step_index, _timestep, _kwargs):
+        if on_step is not None:
+            on_step(step_index + 1, total)
+        if should_cancel is not None and should_cancel():
+            return {"interrupt": True}
+        return None
+
+    started = time.perf_counter()
+    result = pipe.edit(
+        source, prompt, strength=strength, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+        guidance_scale=guidance, seed=seed, sampler=sampler, mask=mask, source_id=source_id, callback_on_step_end=callback,
+    )
+    result.metadata.update(edited_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), software="CXR Studio")
+    return result, time.perf_counter() - started
+
+
+def edit_file_stem(metadata: dict) -> str:
+    source = slug(str(metadata.get("source_image_id") or "source"))[:40]
+    return f"edited_cxr_{source}_s{metadata.get('strength', 0):.2f}_seed{metadata.get('seed', 'x')}"
+
+
+def edit_downloads(result) -> dict[str, bytes]:
+    """PNG bytes of the edited image and of its difference map, each with the edit's provenance."""
+    from xray_generator.pipelines.editing import difference_image, difference_metadata
+
+    return {
+        "png": png_bytes_with_metadata(result.image, result.metadata),
+        "diff": png_bytes_with_metadata(difference_image(result), difference_metadata(result)),
+    }
+
+
+def editing_measurement(folder: str | Path | None = None) -> tuple[pd.DataFrame | None, Path | None, str]:
+    """(summary table or None, curve PNG or None, a sentence about it) from outputs/metrics/editing.json."""
+    from xray_generator.evaluation.editing import CURVE_FILE, METRICS_FILE
+    from xray_generator.evaluation.report import read_metrics_json
+
+    folder = Path(folder) if folder is not None else metrics_dir()
+    curve = folder / CURVE_FILE
+    curve = curve if curve.is_file() else None
+    path = folder / METRICS_FILE
+    if not path.is_file():
+        return None, curve, f"Not measured yet. Run `{EDIT_MEASUREMENT_COMMAND}` (needs weights/classifier)."
+    try:
+        document = read_metrics_json(path)
+    except (OSError, ValueError) as exc:
+        return None, curve, f"{path.name} could not be read: {exc}. Rerun `{EDIT_MEASUREMENT_COMMAND}`."
+    settings = document["settings"]
+    table = pd.DataFrame(settings.get("summary", []))
+    return table, curve, (f"{settings.get('n_images', '?')} real Normal test films, measured {document['date'][:10]} with "
+                          f"classifier {str(settings.get('classifier_weights', ''))[:12]}; strength 0 is the VAE round trip.")
