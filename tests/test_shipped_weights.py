@@ -37,3 +37,23 @@ def test_prompts_change_the_shipped_output(shipped):
     a = shipped("normal pediatric chest", seed=0).images[0]
     b = shipped("bilateral COVID-19 opacities", seed=0).images[0]
     assert np.abs(a - b).mean() > 0.01
+
+
+def test_shipped_classifier_verifies_and_tells_sample_findings_apart():
+    """On the sample's held-out films the shipped classifier ranks Normal films above pneumonia films for 'Normal'."""
+    from sklearn.metrics import roc_auc_score
+
+    from xray_generator.data.datasets import load_images_uint8
+    from xray_generator.data.manifest import load_manifest, split_labels
+    from xray_generator.models.classifier import load_classifier
+
+    classifier = load_classifier(REPO_ROOT / "weights" / "classifier")
+    sample = load_manifest(REPO_ROOT / "dataset")
+    sample.table = sample.table[sample.table["split"].isin(["val", "test"])].reset_index(drop=True)
+    labels = [split_labels(value) for value in sample.table["labels"]]
+    keep = [i for i, found in enumerate(labels) if "Normal" in found or "Pneumonia" in found]
+    images = load_images_uint8(sample)
+    scores = classifier.predict_proba([images[i].astype(np.float32) / 255.0 for i in keep])
+    is_normal = ["Normal" in labels[i] for i in keep]
+    assert 0 < sum(is_normal) < len(keep)
+    assert roc_auc_score(is_normal, scores[:, classifier.labels.index("Normal")]) > 0.8

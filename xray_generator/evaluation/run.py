@@ -25,6 +25,7 @@ import argparse
 import hashlib
 import json
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -228,7 +229,7 @@ def plot_against_floor(metrics: list[dict], path: Path, model: str) -> None:
             errors = [[metric["value"] - metric["ci"]["low"], 0], [metric["ci"]["high"] - metric["value"], 0]]
         ax.bar([0, 1], values, color=["#4c72b0", "#999999"], yerr=errors, capsize=3)
         ax.set_xticks([0, 1], [model, "real vs real"], fontsize=7)
-        ax.set_title(metric["name"], fontsize=8)
+        ax.set_title(textwrap.fill(metric["name"].replace("_", " "), 22), fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
     fig.suptitle(f"{model}: generated vs real held-out, next to the real-vs-real floor (synthetic images)", fontsize=8)
     fig.tight_layout()
