@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -812,8 +813,21 @@ def apply_presets(
     if bit_depth is not None:
         _check_bit_depth(bit_depth)
     depth = bit_depth or inferred
-    outputs = _preset_pool().map(lambda steps: _run_steps(pixels, steps, depth), resolved.values())
+    if len(resolved) < 2:
+        return {name: _run_steps(pixels, steps, depth) for name, steps in resolved.items()}
+    # One OpenCV thread per preset while two presets run: two presets x two OpenCV threads would
+    # oversubscribe the cores. The setting is process-wide but only changes speed, never results.
+    with _PARALLEL_PRESETS:  # one comparison at a time owns the thread setting
+        cv2.setNumThreads(1)
+        try:
+            outputs = list(_preset_pool().map(lambda steps: _run_steps(pixels, steps, depth), resolved.values()))
+        finally:
+            cv2.setNumThreads(_OPENCV_THREADS)
     return dict(zip(resolved, outputs))
+
+
+_OPENCV_THREADS = cv2.getNumThreads()
+_PARALLEL_PRESETS = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)

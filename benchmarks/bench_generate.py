@@ -3,6 +3,7 @@
 Prints median latency, steps/s, model load time and peak RSS for:
   - default: the shipped settings (DPM-Solver++, pipeline.json steps/guidance, bf16 autocast)
   - reference: the seed design's setting (DDIM, 50 steps, guidance 10, fp32)
+  - edit: one text-guided edit of a real radiograph at the default strength (0.5) and settings
 and the ratio of their medians.
 
     python benchmarks/bench_generate.py [--weights weights/ldm] [--repeats 7]
@@ -21,9 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from xray_generator.io import read_gray  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
 
 PROMPT = "Adult PA chest radiograph: right lower lobe pneumonia."
+# A normal test-split film from the shipped sample, so the edit runs on a real radiograph.
+EDIT_SOURCE = Path(__file__).resolve().parent.parent / "dataset" / "images" / "pneumonia_kermany_224" / "kermany224_IM-0644-0001.jpeg"
 
 
 def peak_rss_mb() -> float:
@@ -36,6 +40,16 @@ def time_calls(pipe, repeats: int, **kwargs) -> list[float]:
     for i in range(repeats):
         start = time.perf_counter()
         pipe(PROMPT, seed=i, **kwargs)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def time_edits(pipe, source, repeats: int) -> list[float]:
+    pipe.edit(source, PROMPT, seed=0)  # warm-up, as for generation
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        pipe.edit(source, PROMPT, seed=i)
         times.append(time.perf_counter() - start)
     return times
 
@@ -54,6 +68,7 @@ def main() -> None:
     defaults = dict(pipe.generation_defaults)
     default_times = time_calls(pipe, args.repeats)
     rss_default = peak_rss_mb()
+    edit_times = time_edits(pipe, read_gray(EDIT_SOURCE), args.repeats)
 
     pipe.precision = "fp32"
     reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0)
@@ -69,6 +84,7 @@ def main() -> None:
         "default": {"settings": {**defaults, "precision": "bf16"}, "n": len(default_times), "median_s": round(d_med, 4), "steps_per_s": round(steps / d_med, 2), "all_s": [round(t, 4) for t in default_times]},
         "reference": {"settings": {**reference, "precision": "fp32"}, "n": len(reference_times), "median_s": round(r_med, 4), "steps_per_s": round(50 / r_med, 2), "all_s": [round(t, 4) for t in reference_times]},
         "speedup": round(r_med / d_med, 2),
+        "edit": {"settings": {**defaults, "strength": 0.5, "precision": "bf16"}, "n": len(edit_times), "median_s": round(statistics.median(edit_times), 4), "all_s": [round(t, 4) for t in edit_times]},
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -77,6 +93,7 @@ def main() -> None:
     print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']}, bf16): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
+    print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
     print(f"peak RSS: {rss_default:.0f} MB after the default runs, {peak_rss_mb():.0f} MB overall")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

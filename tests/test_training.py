@@ -65,3 +65,38 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
     pipe = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(run, tmp_path / "exported"))
     assert pipe("normal chest", seed=0).images[0].shape == (256, 256)
     assert abs(pipe.vae.config.scaling_factor - json.loads((CheckpointDir(run).latest() / "state.json").read_text())["latent_scale"]) < 1e-6
+
+
+def test_ship_decoder_swaps_only_the_decoder_and_refuses_another_encoder(vae_run, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("ldm_tiny.json", max_steps=1)
+    config["autoencoder"] = str(autoencoder)
+    config["cache_dir"] = str(tmp_path / "cache")
+    train_ldm.train_ldm(config, tmp_path / "ldm_run", data_dir=SAMPLE)
+    shipped = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "shipped")
+    before = XRayDiffusionPipeline.from_pretrained(shipped)
+
+    # A "fine-tuned" decoder: same encoder, changed decoder.
+    tuned = AutoencoderKL.from_pretrained(autoencoder, use_safetensors=True)
+    with torch.no_grad():
+        tuned.decoder.conv_out.bias.add_(0.25)
+    tuned.save_pretrained(tmp_path / "tuned", safe_serialization=True)
+    train_ldm.ship_decoder(tmp_path / "tuned", shipped)
+    after = XRayDiffusionPipeline.from_pretrained(shipped)  # verifies the rewritten MANIFEST
+    assert after.vae.config.scaling_factor == before.vae.config.scaling_factor
+    assert torch.allclose(after.vae.decoder.conv_out.bias.float(), before.vae.decoder.conv_out.bias.float() + 0.25, atol=1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), before.unet.state_dict().values()))
+
+    # Another encoder would invalidate the UNet's latents: refused, and the shipped folder is untouched.
+    with torch.no_grad():
+        tuned.encoder.conv_in.weight.mul_(1.5)
+    tuned.save_pretrained(tmp_path / "other_encoder", safe_serialization=True)
+    manifest = (shipped / "MANIFEST.json").read_text()
+    with pytest.raises(ValueError, match="different encoder"):
+        train_ldm.ship_decoder(tmp_path / "other_encoder", shipped)
+    assert (shipped / "MANIFEST.json").read_text() == manifest

@@ -830,17 +830,19 @@ def dummy_runs(pipe) -> dict[str, Callable[[], Any]]:
         unet = modules["unet"]
         size = int(unet.config.sample_size)
         length = int(getattr(getattr(pipe, "text_encoder", None), "max_length", 16))
-        sample = torch.randn(1, unet.config.in_channels, size, size, generator=generator)
-        context = torch.randn(1, length, unet.config.cross_attention_dim, generator=generator)
+        # Inputs follow each network's dtype: the pipeline may hold its weights in bf16 for speed.
+        dtype = next(unet.parameters()).dtype
+        sample = torch.randn(1, unet.config.in_channels, size, size, generator=generator).to(dtype)
+        context = torch.randn(1, length, unet.config.cross_attention_dim, generator=generator).to(dtype)
         runs["unet"] = lambda: unet(sample, torch.tensor([500]), encoder_hidden_states=context)
     if "vae" in modules:
         vae = modules["vae"]
         size = int(getattr(vae.config, "sample_size", NATIVE_RESOLUTION) or NATIVE_RESOLUTION)
-        image = torch.rand(1, vae.config.in_channels, size, size, generator=generator) * 2 - 1
+        image = (torch.rand(1, vae.config.in_channels, size, size, generator=generator) * 2 - 1).to(next(vae.parameters()).dtype)
         runs["vae"] = lambda: vae.decode(vae.encode(image).latent_dist.mode())
     if "text_projection" in modules:
         projection = modules["text_projection"]
-        states = torch.randn(1, 8, projection.config.encoder_hidden_size, generator=generator)
+        states = torch.randn(1, 8, projection.config.encoder_hidden_size, generator=generator).to(next(projection.parameters()).dtype)
         runs["text_projection"] = lambda: projection(states)
     if "text_encoder" in modules:
         encoder = modules["text_encoder"]
@@ -1019,7 +1021,8 @@ def build_quiz(real: Sequence[tuple[str, np.ndarray]], synthetic: Sequence[Gener
 
 
 # ------------------------------------------------------------------ editing a real radiograph
-EDIT_MEASUREMENT_COMMAND = "python -m xray_generator.evaluation.editing --n 200 --strengths 0.3 0.5 0.7"
+# The test split holds 160 Normal-only films, so 200 edits draw on validation films too (neither is trained on).
+EDIT_MEASUREMENT_COMMAND = "python -m xray_generator.evaluation.editing --n 200 --splits test val --strengths 0.3 0.5 0.7"
 
 
 def edit_source_table(manifest) -> pd.DataFrame:
@@ -1102,5 +1105,6 @@ def editing_measurement(folder: str | Path | None = None) -> tuple[pd.DataFrame 
         return None, curve, f"{path.name} could not be read: {exc}. Rerun `{EDIT_MEASUREMENT_COMMAND}`."
     settings = document["settings"]
     table = pd.DataFrame(settings.get("summary", []))
-    return table, curve, (f"{settings.get('n_images', '?')} real Normal test films, measured {document['date'][:10]} with "
+    splits = " + ".join(settings.get("splits", ["test"]))
+    return table, curve, (f"{settings.get('n_images', '?')} real Normal films from the held-out {splits} split(s), measured {document['date'][:10]} with "
                           f"classifier {str(settings.get('classifier_weights', ''))[:12]}; strength 0 is the VAE round trip.")

@@ -176,13 +176,14 @@ def measure(
 
 
 def plot_curve(summary: list[dict], path: Path, n: int, region: str) -> None:
-    """Strength against the fraction of rising pneumonia scores and against SSIM to the source, with 95 % CIs."""
+    """Strength against the fraction of rising pneumonia scores and against SSIM to the source, with 95 % CIs,
+    and the trade-off itself: score rise against SSIM, one point per strength."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    fig, axes = plt.subplots(1, 3, figsize=(11.5, 3.3))
     for mode, colour, label in (("whole", "#c44e52", "whole image"), ("zone", "#4c72b0", f"zone {region}")):
         entries = [e for e in summary if e["mode"] == mode]
         x = [e["strength"] for e in entries]
@@ -190,9 +191,17 @@ def plot_curve(summary: list[dict], path: Path, n: int, region: str) -> None:
             y = np.array([e[key] for e in entries])
             ci = np.array([e[f"{key}_ci"] for e in entries])
             ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, color=colour, label=label)
+        ssim_values = [e["ssim_median"] for e in entries]
+        rise = [e["score_rise_fraction"] for e in entries]
+        axes[2].plot(ssim_values, rise, marker="o", color=colour, label=label)
+        for strength, sx, ry in zip(x, ssim_values, rise):
+            axes[2].annotate(f"{strength:g}", (sx, ry), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes[0].set(xlabel="strength", ylabel="fraction with higher pneumonia score", ylim=(-0.02, 1.02))
     axes[0].axhline(0.5, color="#999999", lw=0.8, ls="--")
     axes[1].set(xlabel="strength", ylabel="median SSIM to the source", ylim=(0, 1.02))
+    axes[2].set(xlabel="median SSIM to the source (fidelity)", ylabel="fraction with higher pneumonia score",
+                xlim=(0.5, 1.0), ylim=(-0.02, 1.02), title="trade-off (labels: strength)")
+    axes[2].title.set_fontsize(8)
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
@@ -232,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classifier", default=None, help="classifier folder (default weights/classifier)")
     parser.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
     parser.add_argument("--out", default=None, help="output folder (default outputs/metrics)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the curve from an existing editing.json (no edits run)")
     return parser
 
 
@@ -243,6 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     from xray_generator.weights import WeightsError
 
     args = build_parser().parse_args(argv)
+    if args.replot:
+        from xray_generator.evaluation.report import read_metrics_json
+
+        out = Path(args.out) if args.out else outputs_dir() / "metrics"
+        try:
+            settings = read_metrics_json(out / METRICS_FILE)["settings"]
+        except (OSError, ValueError) as exc:
+            print(f"error: cannot replot: {exc}", file=sys.stderr)
+            return 2
+        plot_curve(settings["summary"], out / CURVE_FILE, settings["n_images"], settings["region"])
+        print(f"wrote {out / CURVE_FILE}")
+        return 0
     try:
         if not 1 <= args.n <= 100_000:
             raise ValueError(f"--n must be between 1 and 100000, got {args.n}")

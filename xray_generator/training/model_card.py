@@ -68,21 +68,46 @@ def reconstruction_grid(frames: list[np.ndarray], recs: list[np.ndarray], path: 
     Image.fromarray((grid * 255 + 0.5).astype(np.uint8), mode="L").save(path)
 
 
-def last_val(log_path: Path, column: str) -> tuple[int, float] | None:
+def last_val(log_path: Path, column: str, up_to_step: int | None = None) -> tuple[int, float] | None:
     if not log_path.is_file():
         return None
     with open(log_path) as handle:
-        rows = [r for r in csv.DictReader(handle) if r.get(column)]
+        rows = [r for r in csv.DictReader(handle) if r.get(column) and (up_to_step is None or int(r["step"]) <= up_to_step)]
     return (int(rows[-1]["step"]), float(rows[-1][column])) if rows else None
 
 
-def mean_train_loss(log_path: Path, last_rows: int = 50) -> float | None:
+def mean_train_loss(log_path: Path, last_rows: int = 50, up_to_step: int | None = None) -> float | None:
     with open(log_path) as handle:
-        losses = [float(r["loss"]) for r in csv.DictReader(handle)]
+        losses = [float(r["loss"]) for r in csv.DictReader(handle) if up_to_step is None or int(r["step"]) <= up_to_step]
     return float(np.mean(losses[-last_rows:])) if losses else None
 
 
-def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None, vae_finetune_run: Path | None = None) -> Path:
+STAGES_FILE = "training_stages.json"
+STAGE_TITLES = {
+    "vae": "VAE",
+    "vae_decoder_finetune": "VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged)",
+    "vae_decoder_finetune_2": "VAE decoder fine-tune 2 (encoder frozen; all full frames, SSIM weight 1.0)",
+    "ldm": "UNet",
+}
+
+
+def training_stage(name: str, run: Path | None, recorded: dict) -> dict:
+    """One stage's step, samples, wall time and last validation numbers.
+
+    From the run folder's latest checkpoint when it exists (and its loss log is copied into the
+    weights folder), else from the record the last card wrote: a fresh clone has no run folders,
+    but the card must still be reproducible from what ships.
+    """
+    if run is not None and (run / "LATEST").is_file():
+        state = json.loads((CheckpointDir(run).latest() / "state.json").read_text())
+        return {key: state.get(key) for key in ("step", "samples_seen", "wall_seconds", "val_psnr", "val_ssim")} | {"run": str(run)}
+    if name in recorded:
+        return recorded[name]
+    raise FileNotFoundError(f"stage {name!r}: no checkpoint in {run} and no record of it in {STAGES_FILE}")
+
+
+def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None,
+               vae_finetune_runs: list[Path] | None = None) -> Path:
     pipe = XRayDiffusionPipeline.from_pretrained(weights)
     manifest = load_manifest()
     test = manifest.query(split="test", native_px=256)
@@ -93,17 +118,24 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     assets = weights / "card"
     reconstruction_grid(frames, quality["reconstructions"], assets / "vae_reconstructions.png")
     write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
-    vae_state = json.loads((CheckpointDir(vae_run).latest() / "state.json").read_text())
-    ldm_state = json.loads((CheckpointDir(ldm_run).latest() / "state.json").read_text())
-    runs = [("vae", vae_run), ("ldm", ldm_run)] + ([("vae_decoder_finetune", vae_finetune_run)] if vae_finetune_run else [])
+    stages_path = weights / STAGES_FILE
+    recorded = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
+    finetune_names = ["vae_decoder_finetune", "vae_decoder_finetune_2"][: len(vae_finetune_runs or [])]
+    runs = [("vae", vae_run), *zip(finetune_names, vae_finetune_runs or []), ("ldm", ldm_run)]
+    stages = {name: training_stage(name, run, recorded) for name, run in runs}
     for name, run in runs:
-        shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
-    finetune_row = ""
-    if vae_finetune_run:
-        ft = json.loads((CheckpointDir(vae_finetune_run).latest() / "state.json").read_text())
-        finetune_row = (f"| VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged) | {ft['step']:,} | {ft['samples_seen']:,} | "
-                        f"{ft['wall_seconds'] / 3600:.2f} h | val PSNR {ft.get('val_psnr') or float('nan'):.2f} dB, SSIM {ft.get('val_ssim') or float('nan'):.4f} (EMA, 32 val frames) |\n")
-    ldm_val = last_val(ldm_run / "log.csv", "val_loss")
+        if (run / "log.csv").is_file():
+            shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
+    ldm_state = stages["ldm"]
+    ldm_log = weights / "training_log_ldm.csv"
+    ldm_val = last_val(ldm_log, "val_loss", up_to_step=ldm_state["step"])
+    stage_rows = "\n".join(
+        f"| {STAGE_TITLES[name]} | {stage['step']:,} | {stage['samples_seen']:,} | {stage['wall_seconds'] / 3600:.2f} h | "
+        + (f"train {mean_train_loss(ldm_log, up_to_step=stage['step']):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |"
+           if name == "ldm" else
+           f"val PSNR {stage.get('val_psnr') or float('nan'):.2f} dB" + (f", SSIM {stage['val_ssim']:.4f}" if stage.get("val_ssim") else "") + " (EMA, 32 val frames) |")
+        for name, stage in stages.items()
+    )
     psnr_ci, ssim_ci = _ci(quality["psnr"]), _ci(quality["ssim"])
     train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
     params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_projection")}
@@ -134,10 +166,9 @@ Caveat from the dataset card: source and label are entangled (paediatric Kermany
 ## Training (CPU, 2 cores, bf16 autocast)
 | stage | steps | samples seen | wall time | final losses |
 |---|--:|--:|--:|---|
-| VAE | {vae_state['step']:,} | {vae_state['samples_seen']:,} | {vae_state['wall_seconds'] / 3600:.2f} h | val PSNR {vae_state.get('val_psnr') or float('nan'):.2f} dB (EMA, {32} val frames) |
-{finetune_row}| UNet | {ldm_state['step']:,} | {ldm_state['samples_seen']:,} | {ldm_state['wall_seconds'] / 3600:.2f} h | train {mean_train_loss(ldm_run / 'log.csv'):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |
+{stage_rows}
 
-Loss logs: {', '.join(f'`training_log_{name}.csv`' for name, _ in runs)}.
+Loss logs: {', '.join(f'`training_log_{name}.csv`' for name, _ in runs)}. Stage records: `{STAGES_FILE}`.
 
 ## VAE reconstruction on the test split (256 px frames, n = {len(frames)})
 PSNR {np.mean(quality['psnr']):.2f} dB (95% CI {psnr_ci[0]:.2f}–{psnr_ci[1]:.2f}), SSIM {np.mean(quality['ssim']):.4f} (95% CI {ssim_ci[0]:.4f}–{ssim_ci[1]:.4f}).
@@ -152,6 +183,7 @@ Columns: {' | '.join(CARD_PROMPTS)}. Rows: seeds 0, 1, 2.
 
 ![samples](card/samples.png)
 """
+    atomic_write_text(stages_path, json.dumps(stages, indent=2) + "\n")
     atomic_write_text(weights / "README.md", card)
     write_manifest(weights)
     return weights / "README.md"
@@ -162,11 +194,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="weights/ldm")
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
-    parser.add_argument("--vae-finetune-run", default=None, help="run folder of a decoder fine-tune shipped in weights/ldm/vae")
+    parser.add_argument("--vae-finetune-run", nargs="*", default=[], help="run folders of the decoder fine-tunes, in order (the last is shipped in weights/ldm/vae)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     args = parser.parse_args(argv)
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
-                     Path(args.vae_finetune_run) if args.vae_finetune_run else None))
+                     [Path(run) for run in args.vae_finetune_run]))
 
 
 if __name__ == "__main__":

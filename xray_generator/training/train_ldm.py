@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog, atomic_save_safetensors, atomic_write_text
-from xray_generator.weights import sha256_file
+from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
 # Prompts shown in the sample grid written at every checkpoint (also used by the model card).
@@ -310,10 +311,7 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     state = json.loads((latest / "state.json").read_text())
     autoencoder = AutoencoderKL.from_pretrained(autoencoder_dir or config["autoencoder"], use_safetensors=True)
     if autoencoder_dir is not None:
-        trained_on = AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True).state_dict()
-        for name, tensor in autoencoder.state_dict().items():
-            if name.startswith(("encoder.", "quant_conv.")) and not torch.equal(tensor, trained_on[name]):
-                raise ValueError(f"{autoencoder_dir} has a different encoder ({name}) from the one the UNet was trained on")
+        check_same_encoder(autoencoder, AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True), str(autoencoder_dir))
     autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"])
     encoder = FrozenTextEncoder(text_encoder or config["text_encoder"], max_length=config.get("text_max_length", 64))
     unet = build_unet(config["unet"])
@@ -325,6 +323,36 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     pipe.model_name = config.get("model_name", "ldm")
     pipe.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def check_same_encoder(candidate: AutoencoderKL, reference: AutoencoderKL, name: str) -> None:
+    """A new decoder can only ship with the encoder the UNet's latents came from."""
+    reference_state = reference.state_dict()
+    for key, tensor in candidate.state_dict().items():
+        if key.startswith(("encoder.", "quant_conv.")) and not torch.equal(tensor, reference_state[key].to(tensor.dtype)):
+            raise ValueError(f"{name} has a different encoder ({key}) from the one the UNet was trained on")
+
+
+def ship_decoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
+    """Swap a fine-tuned decoder into a shipped pipeline folder, without the UNet's run folder.
+
+    The encoder must be identical and the latent scale/shift are kept, so the UNet is untouched.
+    The folder is rebuilt in a staging copy and swapped in whole, with a new MANIFEST.
+    """
+    weights = Path(weights)
+    verify_manifest(weights)
+    shipped = AutoencoderKL.from_pretrained(weights / "vae", use_safetensors=True)
+    candidate = AutoencoderKL.from_pretrained(autoencoder_dir, use_safetensors=True)
+    check_same_encoder(candidate, shipped, str(autoencoder_dir))
+    candidate.register_to_config(scaling_factor=shipped.config.scaling_factor, shift_factor=shipped.config.shift_factor)
+    staging = weights.with_name(f".{weights.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(weights, staging)
+    shutil.rmtree(staging / "vae")
+    candidate.save_pretrained(staging / "vae", safe_serialization=True)
+    write_manifest(staging)
+    replace_folder_atomically(staging, weights)
+    return weights
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,9 +368,14 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--autoencoder", default=None, help="a fine-tuned autoencoder folder to ship (same encoder as in training)")
+    ship = sub.add_parser("ship-decoder", help="swap a fine-tuned decoder into a shipped pipeline folder (UNet untouched)")
+    ship.add_argument("--autoencoder", required=True, help="exported autoencoder folder (train_vae export)")
+    ship.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
+    elif args.command == "ship-decoder":
+        print(ship_decoder(args.autoencoder, args.weights))
     else:
         print(export_pipeline(args.run, args.out, autoencoder_dir=args.autoencoder))
 
