@@ -50,8 +50,10 @@ def draw_sidebar() -> None:
     statuses = _ui.generator_statuses()
     by_name = {s.name: s for s in statuses}
     available = [s for s in statuses if s.available]
-    active = by_name.get(st.session_state.get("model_family")) or (available[0] if available else None)
-    if active is not None and active.available:
+    active = by_name.get(st.session_state.get("model_family"))
+    if active is None or not active.available:  # the Generate page may show a family that is not trained yet
+        active = available[0] if available else None
+    if active is not None:
         sidebar.markdown(f"**Model:** {active.title}")
         sidebar.caption(f"`{active.name}` · weights `{active.weights_hash}`")
     else:

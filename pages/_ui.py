@@ -13,7 +13,7 @@ import numpy as np
 import streamlit as st
 
 from xray_generator import studio
-from xray_generator.io import to_uint8
+from xray_generator.io import UPLOAD_TYPES, ImageLoadError, decode_upload, read_gray, to_uint8
 from xray_generator.paths import default_data_dir, weights_dir
 
 log = logging.getLogger("cxr_studio")
@@ -21,7 +21,8 @@ log = logging.getLogger("cxr_studio")
 # Widget values that should survive a switch to another page and back (Streamlit drops the state
 # of widgets that are not drawn in a run; re-assigning the key keeps it).
 PERSISTENT_KEYS = ("model_family", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed_mode", "seed",
-                   "num_images", "resolution", "preset")
+                   "num_images", "resolution", "preset", "family_seed", "family_num_images", "family_preset",
+                   "cvae_source", "cvae_condition", "cvae_seed")
 
 
 def keep_widget_state() -> None:
@@ -52,7 +53,7 @@ def configure_runtime() -> int:
     return studio.apply_thread_setting()
 
 
-@st.cache_resource(show_spinner="Loading the model and verifying its weights…", max_entries=4)
+@st.cache_resource(show_spinner="Loading the model and verifying its weights…", max_entries=8)
 def _cached_pipeline(name: str, root: str, weights_hash: str):
     # weights_hash is part of the key: new weights in the same folder load afresh.
     return studio.load_pipeline(name, root)
@@ -86,8 +87,16 @@ def dataset():
     return _cached_dataset(str(path), modified)
 
 
+@st.cache_data(show_spinner="Verifying weights (sha256)…", max_entries=64)
+def _weights_problem(folder: str, fingerprint: tuple) -> str | None:
+    # Keyed by every file's size and mtime: hashed once per version of the folder, not on every rerun.
+    return studio.check_weights(folder)
+
+
 def generator_statuses() -> list[studio.GeneratorStatus]:
-    return studio.generator_statuses(weights_dir())
+    """Every registry family; one whose weights fail the sha256 check is unavailable and says so."""
+    return studio.mark_damaged(studio.generator_statuses(weights_dir()),
+                               check=lambda folder: _weights_problem(str(folder), studio.weights_fingerprint(folder)))
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
@@ -119,6 +128,85 @@ def show_real(image: np.ndarray, caption: str, width: int | str = "content") -> 
     st.image(to_uint8(image), caption=f"REAL · {caption}", width=width)
 
 
-def model_unavailable_notice(statuses: list[studio.GeneratorStatus]) -> None:
-    st.warning("No generator has weights yet, so nothing can be generated. " +
-               " ".join(f"**{s.title}**: {s.reason}." for s in statuses))
+def model_unavailable_notice(statuses: list[studio.GeneratorStatus], needs: str | None = None) -> None:
+    """Why nothing can be generated; with `needs` (e.g. "Editing"), only the prompted text families are meant."""
+    if needs is not None:
+        text = [s for s in statuses if s.kind == "text"]
+        st.warning(f"{needs} needs the prompted latent diffusion model, which is unavailable. " +
+                   " ".join(f"**{s.title}**: {s.reason}." for s in text))
+        return
+    st.warning(f"No generator has weights yet, so nothing can be generated ({len(statuses)} families registered, "
+               f"none exported to {statuses[0].folder.parent if statuses else 'weights/'}). "
+               "Each family's training and export commands are listed with it.")
+
+
+def damaged_weights_banners(statuses: list[studio.GeneratorStatus]) -> None:
+    """One error banner per family whose weights fail the sha256 check; the others keep working."""
+    for status in statuses:
+        if status.damaged:
+            st.error(f"**{status.title}** is disabled: {status.reason}. The other model families keep working.",
+                     icon=":material/gpp_bad:")
+
+
+def not_trained_notice(status: studio.GeneratorStatus) -> None:
+    """"Not trained yet — train with `…`": never a placeholder image."""
+    if status.damaged:
+        st.error(f"{status.title} cannot be used: {status.reason}.")
+        return
+    if "not trained yet" in status.reason:
+        st.info(f"**{status.title}** is not trained yet — train with `{status.train_commands[0]}`, then export it to "
+                f"`{status.folder}` with the second command below.")
+    else:
+        st.info(f"**{status.title}** is unavailable: {status.reason}. To train and export it:")
+    st.code("\n".join(status.train_commands), language="bash")
+
+
+# ------------------------------------------------------------------ picking a real radiograph
+
+
+def choose_radiograph(prefix: str, label: str | None = None, prefer_sources=()):
+    """(image, source id, description) of a real film from the dataset or an upload; (None, None, None) with a message if none.
+
+    Widget keys are `<prefix>_source`, `<prefix>_upload`, `<prefix>_label` and `<prefix>_image_id`.
+    With `label`, only dataset images carrying that finding are offered (the CVAE translates Normal films);
+    with `prefer_sources`, held-out films of those sources are offered first (`studio.radiograph_choices`).
+    Uploads go through the safe decoder (`xray_generator.io.decode_upload`).
+    """
+    dataset_choice = "Dataset image" if label is None else f"Dataset image ({label})"
+    kind = st.radio("Source", [dataset_choice, "Upload"], key=f"{prefix}_source", horizontal=True)
+    if kind == "Upload":
+        upload = st.file_uploader("Upload a radiograph (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type=list(UPLOAD_TYPES),
+                                  key=f"{prefix}_upload")
+        if upload is None:
+            st.info("Upload a frontal chest radiograph" + (f" ({label.lower()} film)." if label else "."))
+            return None, None, None
+        try:
+            return decode_upload(upload.getvalue(), upload.name), upload.name, f"upload {upload.name}"
+        except ImageLoadError as exc:
+            st.error(f"Cannot use this upload: {exc}")
+            return None, None, None
+    manifest, message = dataset()
+    if manifest is None:
+        st.warning(message)
+        return None, None, None
+    labels = list(manifest.label_counts().index)
+    if label is not None and label not in labels:
+        st.warning(f"The dataset has no {label} image; upload one instead.")
+        return None, None, None
+    left, right = st.columns(2)
+    if label is None:
+        st.session_state.setdefault(f"{prefix}_label", "Normal" if "Normal" in labels else labels[0])
+        label = left.selectbox("Finding", labels, key=f"{prefix}_label")
+        picker = right
+    else:
+        picker = left
+    table = studio.radiograph_choices(manifest, label, prefer_sources) if prefer_sources else \
+        studio.edit_source_table(manifest.query(label=label))
+    rows = {row.image_id: row for row in table.itertuples(index=False)}
+    image_id = picker.selectbox("Dataset image", list(rows), key=f"{prefix}_image_id")
+    if image_id is None:
+        return None, None, None
+    row = rows[image_id]
+    st.caption(f"Source: **{row.source}** ({row.source_repo}) · licence **{row.license}** · {row.view} · {row.split} split · "
+               f"labels: {row.labels}")
+    return read_gray(manifest.path_of(image_id)), image_id, f"dataset image {image_id}"

@@ -193,9 +193,10 @@ def main() -> None:
     if manifest is None:
         st.warning(f"{message} The console compares with real images, so it needs the dataset.")
         return
-    statuses = [s for s in _ui.generator_statuses() if s.available]
+    # The console prompts for a finding, so it compares the prompted (text) families.
+    statuses = [s for s in _ui.generator_statuses() if s.available and s.kind == "text"]
     if not statuses:
-        _ui.model_unavailable_notice(_ui.generator_statuses())
+        _ui.model_unavailable_notice(_ui.generator_statuses(), needs="The console")
         return
     labels = studio.console_labels(manifest)
     if not labels:

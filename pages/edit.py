@@ -5,7 +5,7 @@ import streamlit as st
 
 from pages import _ui
 from xray_generator import studio
-from xray_generator.io import UPLOAD_TYPES, ImageLoadError, decode_upload, read_gray
+from xray_generator.io import ImageLoadError
 from xray_generator.pipelines.editing import DIFFERENCE_GAIN, REGIONS, difference_image, mask_from_upload
 from xray_generator.pipelines.latent_diffusion import GenerationCancelled
 
@@ -20,34 +20,7 @@ def mark_cancelled() -> None:
 
 def choose_source():
     """(image, source id, description) of the film to edit; (None, None, None) with a message if there is none."""
-    kind = st.radio("Source", ["Dataset image", "Upload"], key="edit_source", horizontal=True)
-    if kind == "Upload":
-        upload = st.file_uploader("Upload a radiograph (PNG, JPEG, TIFF, BMP, WebP or DICOM)", type=list(UPLOAD_TYPES), key="edit_upload")
-        if upload is None:
-            st.info("Upload a frontal chest radiograph to edit.")
-            return None, None, None
-        try:
-            return decode_upload(upload.getvalue(), upload.name), upload.name, f"upload {upload.name}"
-        except ImageLoadError as exc:
-            st.error(f"Cannot use this upload: {exc}")
-            return None, None, None
-    manifest, message = _ui.dataset()
-    if manifest is None:
-        st.warning(message)
-        return None, None, None
-    labels = list(manifest.label_counts().index)
-    st.session_state.setdefault("edit_label", "Normal" if "Normal" in labels else labels[0])
-    left, right = st.columns(2)
-    label = left.selectbox("Finding", labels, key="edit_label")
-    table = studio.edit_source_table(manifest.query(label=label))
-    rows = {row.image_id: row for row in table.itertuples(index=False)}
-    image_id = right.selectbox("Dataset image", list(rows), key="edit_image_id")
-    if image_id is None:
-        return None, None, None
-    row = rows[image_id]
-    st.caption(f"Source: **{row.source}** ({row.source_repo}) · licence **{row.license}** · {row.view} · {row.split} split · "
-               f"labels: {row.labels}")
-    return read_gray(manifest.path_of(image_id)), image_id, f"dataset image {image_id}"
+    return _ui.choose_radiograph("edit")
 
 
 def choose_mask():
@@ -88,9 +61,10 @@ def main() -> None:
     st.caption("Text-guided edits of a real chest film: the result is a SYNTHETIC counterfactual image. "
                "Research use only, not for clinical use.")
     statuses = _ui.generator_statuses()
-    available = [s for s in statuses if s.available]
+    # Text-guided edits need the prompted latent diffusion model; the CVAE's translation is on the Generate page.
+    available = [s for s in statuses if s.available and s.kind == "text"]
     if not available:
-        _ui.model_unavailable_notice(statuses)
+        _ui.model_unavailable_notice(statuses, needs="Editing")
         return
     by_name = {s.name: s for s in available}
     status = by_name.get(st.session_state.get("model_family"), available[0])

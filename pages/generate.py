@@ -1,4 +1,9 @@
-"""Generate: text to synthetic chest X-ray, with progress, cancel and provenance-carrying downloads."""
+"""Generate: synthetic chest X-rays from every registry family, with provenance-carrying downloads.
+
+Latent diffusion: text to image with progress and cancel. Noise families (GANs, VAE family): a class,
+a seed and a count. The CVAE: a real Normal film (dataset or upload) translated to a target finding,
+beside a difference map. Families without weights say how to train them.
+"""
 from __future__ import annotations
 
 import streamlit as st
@@ -7,7 +12,7 @@ from pages import _ui
 from post_process import BUILTIN_PRESETS
 from xray_generator import studio
 from xray_generator.dicom import dicom_bytes
-from xray_generator.io import png_bytes_with_metadata
+from xray_generator.pipelines.editing import DIFFERENCE_GAIN, difference_image
 from xray_generator.pipelines.latent_diffusion import MAX_GUIDANCE, SAMPLERS, GenerationCancelled
 
 RESOLUTION_LABELS = {
@@ -31,35 +36,84 @@ def keep_seed(seed: int) -> None:
     st.session_state["seed"] = int(seed)
 
 
+def preset_selector(container, key: str, help: str) -> tuple[str, tuple]:
+    """The enhancement preset widget (built-in and saved presets); returns (name, steps of a saved preset or ())."""
+    custom_presets, preset_problems = studio.saved_presets()
+    preset_names = list(BUILTIN_PRESETS) + [name for name in custom_presets if name not in BUILTIN_PRESETS]
+    if st.session_state.get(key) not in preset_names:
+        st.session_state[key] = "None"
+    container.selectbox("Enhancement preset", preset_names, key=key, help=help)
+    for problem in preset_problems:
+        st.warning(f"A saved preset could not be read: {problem}")
+    preset = st.session_state[key]
+    return preset, (tuple(custom_presets.get(preset, ())) if preset not in BUILTIN_PRESETS else ())
+
+
+def show_generation(result: studio.GenerationResult, downloads: dict, summary: str, prefix: str = ""):
+    """Every image with its SYNTHETIC caption, PNG and DICOM downloads, and the batch ZIP; returns the actions row."""
+    st.success(summary)
+    for notice in result.notices:
+        st.info(notice)
+    burn_in = st.toggle("Burn 'SYNTHETIC' into the DICOM pixels", key=f"{prefix}dicom_burn_in",
+                        help="The DICOM header marks the image as synthetic either way; BurnedInAnnotation records this choice.")
+    columns = st.columns(max(2, min(4, len(result.images))))
+    for index, item in enumerate(result.images):
+        with columns[index % len(columns)]:
+            # Shown at 256 to 512 px: small native outputs (a tiny model) are displayed larger, the files keep their size.
+            _ui.show_synthetic(item.image, item.caption, width=min(max(item.image.shape[1], 256), 512))
+            stem = studio.image_file_stem(item.metadata)
+            st.download_button("PNG (with metadata)", downloads["png"][index], f"{stem}.png", "image/png",
+                               key=f"{prefix}png_{index}", on_click="ignore", icon=":material/download:")
+            st.download_button("DICOM (marked synthetic)", dicom_bytes(item.image, item.metadata, burn_in_label=burn_in),
+                               f"{stem}.dcm", "application/dicom", key=f"{prefix}dcm_{index}", on_click="ignore",
+                               icon=":material/download:")
+    actions = st.container(horizontal=True)
+    actions.download_button(f"Batch ZIP ({len(result.images)} PNG + manifest CSV/JSON)", downloads["zip"],
+                            "synthetic_cxr_batch.zip", "application/zip", key=f"{prefix}zip", on_click="ignore",
+                            icon=":material/folder_zip:")
+    return actions
+
+
+def family_label(status: studio.GeneratorStatus) -> str:
+    if status.available:
+        return status.title
+    if status.damaged:
+        return f"{status.title} — weights failed the sha256 check"
+    return f"{status.title} — {studio.status_label(status)}"
+
+
 def main() -> None:
     st.title("Generate")
-    st.caption("Text to synthetic chest radiograph. Every image is SYNTHETIC and carries how it was made.")
+    st.caption("Synthetic chest radiographs: text to image with latent diffusion, or an alternative model family as each "
+               "becomes available. Every image is SYNTHETIC and carries how it was made.")
 
     statuses = _ui.generator_statuses()
     available = [s for s in statuses if s.available]
     with st.expander("Model families", expanded=not available):
         st.dataframe(
-            [{"family": s.title, "name": s.name, "status": "available" if s.available else "unavailable",
-              "weights": s.weights_hash or "", "why not": s.reason, "about": s.description} for s in statuses],
+            [{"family": s.title, "name": s.name, "status": studio.status_label(s), "weights": s.weights_hash or "",
+              "why not": s.reason, "train and export": "" if s.available else " && ".join(s.train_commands),
+              "about": s.description} for s in statuses],
             hide_index=True,
         )
+    _ui.damaged_weights_banners(statuses)
     if not available:
         _ui.model_unavailable_notice(statuses)
         return
 
     by_name = {s.name: s for s in statuses}
-    if st.session_state.get("model_family") not in {s.name for s in available}:
+    if st.session_state.get("model_family") not in by_name:
         st.session_state["model_family"] = available[0].name
     st.selectbox(
         "Model family",
         [s.name for s in statuses],
         key="model_family",
-        format_func=lambda name: by_name[name].title + ("" if by_name[name].available else f" (unavailable: {by_name[name].reason})"),
-        help="Families come from the model registry; unavailable ones say why.",
+        format_func=lambda name: family_label(by_name[name]),
+        help="Every family in the model registry; those without usable weights say why and how to train them.",
     )
     status = by_name[st.session_state["model_family"]]
     if not status.available:
-        st.error(f"{status.title} is unavailable: {status.reason}.")
+        _ui.not_trained_notice(status)
         return
 
     try:
@@ -67,6 +121,15 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - corrupt or missing weights: say so, do not crash
         st.error(f"Could not load {status.title}: {exc}")
         return
+    if status.kind == "translation":
+        translation_form(status, pipe)
+    elif status.kind == "noise":
+        noise_family_form(status, pipe)
+    else:
+        latent_diffusion_form(pipe)
+
+
+def latent_diffusion_form(pipe) -> None:
     defaults = pipe.generation_defaults
 
     # Defaults go into session_state once, so widgets never get both a default and a state value.
@@ -98,19 +161,12 @@ def main() -> None:
     left, right = st.columns(2)
     left.radio("Resolution", list(RESOLUTION_LABELS), key="resolution", format_func=RESOLUTION_LABELS.get)
 
-    custom_presets, preset_problems = studio.saved_presets()
-    preset_names = list(BUILTIN_PRESETS) + [name for name in custom_presets if name not in BUILTIN_PRESETS]
-    if st.session_state["preset"] not in preset_names:
-        st.session_state["preset"] = "None"
-    right.selectbox("Enhancement preset", preset_names, key="preset",
-                    help="Display enhancement from post_process.py, applied to the 256 px output before any upscaling.")
-    for problem in preset_problems:
-        st.warning(f"A saved preset could not be read: {problem}")
+    preset, preset_steps = preset_selector(
+        right, "preset", "Display enhancement from post_process.py, applied to the 256 px output before any upscaling.")
 
     if st.button("Generate", type="primary", key="generate"):
         st.session_state.pop("generation_cancelled", None)
         seed = studio.random_seed() if st.session_state["seed_mode"] == "Random" else int(st.session_state["seed"])
-        preset = st.session_state["preset"]
         request = studio.GenerationRequest(
             prompt=st.session_state["prompt"],
             negative_prompt=st.session_state["negative_prompt"],
@@ -121,7 +177,7 @@ def main() -> None:
             num_images=int(st.session_state["num_images"]),
             resolution=int(st.session_state["resolution"]),
             preset=preset,
-            preset_steps=tuple(custom_presets.get(preset, ())) if preset not in BUILTIN_PRESETS else (),
+            preset_steps=preset_steps,
         )
         waiting = st.empty()
         progress = st.progress(0.0, text="Starting…")
@@ -143,10 +199,7 @@ def main() -> None:
             st.error(f"Cannot generate: {exc}")
         else:
             st.session_state["generation"] = result
-            st.session_state["generation_downloads"] = {
-                "png": [png_bytes_with_metadata(item.image, item.metadata) for item in result.images],
-                "zip": studio.batch_zip_bytes(result.images),
-            }
+            st.session_state["generation_downloads"] = studio.generation_downloads(result)
         finally:
             progress.empty()
             cancel_slot.empty()
@@ -156,32 +209,125 @@ def main() -> None:
 
     result: studio.GenerationResult | None = st.session_state.get("generation")
     if result is not None:
-        downloads = st.session_state["generation_downloads"]
-        st.success(f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
-                   f"{result.steps_per_second:.2f} steps/s")
-        for notice in result.notices:
-            st.info(notice)
-        burn_in = st.toggle("Burn 'SYNTHETIC' into the DICOM pixels", key="dicom_burn_in",
-                            help="The DICOM header marks the image as synthetic either way; BurnedInAnnotation records this choice.")
-        columns = st.columns(max(2, min(4, len(result.images))))
-        for index, item in enumerate(result.images):
-            with columns[index % len(columns)]:
-                _ui.show_synthetic(item.image, item.caption, width=min(item.image.shape[1], 512))
-                stem = studio.image_file_stem(item.metadata)
-                st.download_button("PNG (with metadata)", downloads["png"][index], f"{stem}.png", "image/png",
-                                   key=f"png_{index}", on_click="ignore", icon=":material/download:")
-                st.download_button("DICOM (marked synthetic)", dicom_bytes(item.image, item.metadata, burn_in_label=burn_in),
-                                   f"{stem}.dcm", "application/dicom", key=f"dcm_{index}", on_click="ignore",
-                                   icon=":material/download:")
+        actions = show_generation(result, st.session_state["generation_downloads"],
+                                  f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
+                                  f"{result.steps_per_second:.2f} steps/s")
         seeds = sorted({item.metadata["seed"] for item in result.images})
-        actions = st.container(horizontal=True)
-        actions.download_button(f"Batch ZIP ({len(result.images)} PNG + manifest CSV/JSON)", downloads["zip"],
-                                "synthetic_cxr_batch.zip", "application/zip", key="zip", on_click="ignore", icon=":material/folder_zip:")
         if st.session_state["seed_mode"] == "Random" or int(st.session_state["seed"]) != seeds[0]:
             actions.button(f"Reuse seed {seeds[0]}", key="keep_seed", on_click=keep_seed, args=(seeds[0],),
                            help="Switch to a fixed seed so the next run reproduces these images.")
         with st.expander("Generation metadata"):
             st.json([item.metadata for item in result.images], expanded=False)
+
+
+def noise_family_form(status: studio.GeneratorStatus, generator) -> None:
+    """A GAN or VAE-family model: class (if conditional), seed, number of images, enhancement preset."""
+    st.caption(f"{status.description} Images are {generator.image_size} px, the model's native size; "
+               f"{generator.parameters:,} generating parameters.")
+    for key, value in {"family_seed": 0, "family_num_images": 1, "family_preset": "None"}.items():
+        st.session_state.setdefault(key, value)
+    left, middle, right = st.columns(3)
+    condition = None
+    if generator.conditions:
+        condition_key = f"family_condition_{status.name}"  # per family: the class lists differ
+        if st.session_state.get(condition_key) not in generator.conditions:
+            st.session_state[condition_key] = generator.default_condition
+        condition = left.selectbox("Condition", list(generator.conditions), key=condition_key,
+                                   help="The class the conditional model draws from.")
+    else:
+        left.markdown("**Condition**")
+        left.caption("Unconditional model: it draws from the whole training distribution, so there is no class to pick.")
+    middle.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="family_seed",
+                        help="Image i of a batch uses seed + i; the same seed gives the same image.")
+    right.number_input("Number of images", 1, studio.MAX_IMAGES_PER_REQUEST, key="family_num_images")
+    preset, preset_steps = preset_selector(st, "family_preset", "Display enhancement from post_process.py, applied to the model's output.")
+
+    if st.button("Generate", type="primary", key="family_generate"):
+        request = studio.FamilyRequest(condition=condition, seed=int(st.session_state["family_seed"]),
+                                       num_images=int(st.session_state["family_num_images"]), preset=preset,
+                                       preset_steps=preset_steps)
+        progress = st.progress(0.0, text="Starting…")
+        try:
+            request.check(generator)
+            with studio.generation_lock(on_wait=lambda: progress.progress(0.0, text="Waiting for another generation to finish…")):
+                result = studio.generate_family_images(
+                    generator, request, status.weights_hash,
+                    on_image=lambda done, total: progress.progress(done / total, text=f"Image {done} of {total}"))
+        except (ValueError, TimeoutError) as exc:
+            st.error(f"Cannot generate: {exc}")
+        else:
+            st.session_state["family_generation"] = {"family": status.name, "weights": status.weights_hash, "result": result,
+                                                     "downloads": studio.generation_downloads(result)}
+        finally:
+            progress.empty()
+
+    stored = st.session_state.get("family_generation")
+    if stored is not None and stored["family"] == status.name and stored["weights"] == status.weights_hash:
+        result = stored["result"]
+        count = len(result.images)
+        show_generation(result, stored["downloads"], f"{count} image(s) from {status.title} in {result.seconds:.2f} s · "
+                        f"{result.seconds / count:.3f} s per image", prefix="family_")
+        with st.expander("Generation metadata"):
+            st.json([item.metadata for item in result.images], expanded=False)
+
+
+def translation_form(status: studio.GeneratorStatus, generator) -> None:
+    """The CVAE: a Normal film from the dataset or an upload, a target condition and a seed; input | translation | difference."""
+    size = int(generator.image_size)
+    st.caption(f"{status.description} It works at {size} × {size} px: the input is resized (and centre-cropped if it "
+               "is not square) to that size, and the difference map compares at that size.")
+    trained_on = tuple(generator.config.get("data", {}).get("sources") or ())
+    source, source_id, description = _ui.choose_radiograph("cvae", label="Normal", prefer_sources=trained_on)
+    if trained_on:
+        st.caption(f"Trained on Normal and pneumonia films from {', '.join(trained_on)}: its held-out (test, val) Normal "
+                   "films are listed first; films from other sources or uploads are outside what it learned.")
+    conditions = list(generator.conditions)
+    if st.session_state.get("cvae_condition") not in conditions:
+        st.session_state["cvae_condition"] = generator.default_condition
+    st.session_state.setdefault("cvae_seed", 0)
+    left, right = st.columns(2)
+    left.selectbox("Target condition", conditions, key="cvae_condition",
+                   help="The finding the output should show; Normal reconstructs the film (what the model keeps).")
+    right.number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key="cvae_seed",
+                       help="Seeds the latent draw; the same film, condition and seed give the same output.")
+
+    if st.button("Translate", type="primary", key="cvae_translate", disabled=source is None):
+        request = studio.TranslationRequest(condition=st.session_state["cvae_condition"], seed=int(st.session_state["cvae_seed"]),
+                                            source_id=source_id, source_description=description)
+        try:
+            with studio.generation_lock(on_wait=lambda: st.info("Waiting for another generation to finish…")):
+                result, seconds = studio.translate_radiograph(generator, source, request, status.weights_hash)
+        except (ValueError, TimeoutError) as exc:
+            st.error(f"Cannot translate this image: {exc}")
+        else:
+            st.session_state["cvae_result"] = {"family": status.name, "weights": status.weights_hash, "result": result,
+                                               "seconds": seconds, "downloads": studio.edit_downloads(result)}
+
+    stored = st.session_state.get("cvae_result")
+    if stored is None or stored["family"] != status.name or stored["weights"] != status.weights_hash:
+        return
+    result, meta = stored["result"], stored["result"].metadata
+    st.success(f"Translated to {meta['condition']} in {stored['seconds']:.2f} s · seed {meta['seed']} · {meta['source']}")
+    for notice in result.notices:
+        st.info(f"Input: {notice}.")
+    columns = st.columns(3)
+    with columns[0]:
+        _ui.show_real(result.source, f"input · {meta['source']} · as the model sees it ({size} px)", width="stretch")
+    with columns[1]:
+        _ui.show_synthetic(result.image, f"{studio.family_caption(meta)} · translation of the input", width="stretch")
+    with columns[2]:
+        st.image(difference_image(result), caption=f"SYNTHETIC · difference map |translation − input| × {DIFFERENCE_GAIN:g}",
+                 clamp=True, width="stretch")
+    stem = studio.translation_file_stem(meta)
+    actions = st.container(horizontal=True)
+    actions.download_button("Translation PNG (with metadata)", stored["downloads"]["png"], f"{stem}.png", "image/png",
+                            key="cvae_png", on_click="ignore", icon=":material/download:")
+    actions.download_button("Difference PNG", stored["downloads"]["diff"], f"{stem}_diff.png", "image/png",
+                            key="cvae_diff_png", on_click="ignore", icon=":material/download:")
+    actions.download_button("DICOM (marked synthetic)", dicom_bytes(result.image, meta), f"{stem}.dcm", "application/dicom",
+                            key="cvae_dcm", on_click="ignore", icon=":material/download:")
+    with st.expander("Translation metadata"):
+        st.json(meta, expanded=False)
 
 
 main()

@@ -26,7 +26,7 @@ def comparison_chart(table: pd.DataFrame, family: str):
                         title=f"{family}: models on the same axes (bars: CI; grey: real-vs-real floor)",
                         color_discrete_map={FLOOR: "grey"})
     figure.update_yaxes(matches=None, showticklabels=True)
-    figure.update_xaxes(title=None)
+    figure.update_xaxes(title=None, tickangle=-30)  # several models per panel: slanted names do not overlap
     figure.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
     figure.update_traces(marker=dict(size=11))
     return figure
@@ -38,14 +38,21 @@ def metrics_section(statuses) -> None:
         st.warning(f"Metrics file skipped, it does not follow the schema: {problem}")
     folder = studio.metrics_dir()
     have = {doc["model"] for doc in documents}
-    missing = [s.name for s in statuses if s.name not in have]
+    # Metrics can be produced for the families with weights; the others need training first.
+    trained = [s for s in statuses if s.available]
+    untrained = [s.name for s in statuses if not s.available and not s.damaged and s.name not in have]
     if not documents:
-        commands = "\n".join(studio.METRICS_COMMAND.format(model=s.name) for s in statuses) or studio.METRICS_COMMAND.format(model="ldm")
+        commands = "\n".join(studio.METRICS_COMMAND.format(model=s.name) for s in trained) or studio.METRICS_COMMAND.format(model="ldm")
         st.info(f"Metrics not yet produced: there is no metrics file in `{folder}`. Produce them with:")
         st.code(commands, language="bash")
+        if untrained:
+            st.caption(f"Not trained yet, so no metrics: {', '.join(untrained)} (Model analysis lists how to train each).")
         return
-    for name in missing:
-        st.caption(f"{name}: metrics not yet produced (`{studio.METRICS_COMMAND.format(model=name)}`).")
+    for status in trained:
+        if status.name not in have:
+            st.caption(f"{status.name}: metrics not yet produced (`{studio.METRICS_COMMAND.format(model=status.name)}`).")
+    if untrained:
+        st.caption(f"Not trained yet, so no metrics: {', '.join(untrained)} (Model analysis lists how to train each).")
     table = studio.metrics_table(documents)
     table["family"] = table["metric"].map(studio.metric_family)
     st.subheader("Models compared")
@@ -68,8 +75,8 @@ def training_section(statuses) -> None:
     st.subheader("Training loss curves")
     logs = studio.find_training_logs([s.name for s in statuses])
     if not logs:
-        st.info("No training logs found. Looked in outputs/metrics/*log*.csv, weights/<model>/training_log.csv and "
-                "outputs/runs/<model>/log.csv.")
+        st.info("No training logs found. Looked in `outputs/metrics/*log*.csv`, `weights/<model>/training_log.csv` and "
+                "`outputs/runs/<model>/log.csv`.")
         return
     choice = st.selectbox("Log", range(len(logs)), key="metrics_log",
                           format_func=lambda i: f"{logs[i].model} · {logs[i].path} ({len(logs[i].table)} rows)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import streamlit as st
 
 from pages import _ui
@@ -18,25 +19,44 @@ def cached_layer_table(name: str, weights_hash: str, component: str, _pipe):
 
 def analyse(status) -> None:
     pipe = _ui.pipeline(status)
+    prompted = studio.is_prompted_pipeline(pipe)
     components = studio.components_table(pipe)
     trained = components.loc[components["role"] == "trained here", "parameters"].sum()
     columns = st.columns(4)
     columns[0].metric("Parameters (all)", f"{components['parameters'].sum() / 1e6:.2f} M")
-    columns[1].metric("Trained here", f"{trained / 1e6:.2f} M")
+    if prompted:
+        columns[1].metric("Trained here", f"{trained / 1e6:.2f} M")
+    else:
+        columns[1].metric("Generating", f"{pipe.parameters / 1e6:.3f} M",
+                          help="Parameters of the network that makes images (a VAE's encoder is shipped but only encodes; "
+                               "GAN discriminators are not shipped).")
     columns[2].metric("Weights in memory", f"{components['memory_mb'].sum():.0f} MB")
     rss = studio.process_memory_mb()
     columns[3].metric("Process memory", f"{rss:.0f} MB" if rss else "n/a", help="Resident memory of the whole studio process.")
     st.dataframe(components, hide_index=True, width="stretch",
                  column_config={"parameters": st.column_config.NumberColumn(format="localized"),
                                 "memory_mb": st.column_config.NumberColumn("memory (MB)", format="%.1f")})
-    layers, config, scheduler, files, card = st.tabs(["Layers", "Configuration", "Scheduler", "Weights files", "Model card"],
-                                                     key=f"models_tab_{status.name}", on_change="rerun")
+    if not prompted:
+        st.caption(f"Conditions: {', '.join(pipe.conditions) or 'none (unconditional)'} · images {pipe.image_size} px · "
+                   f"model.safetensors sha256 `{pipe.weights_sha256}`")
+    names = ["Layers", "Configuration", "Scheduler", "Weights files", "Model card"] if prompted else \
+        ["Layers", "Configuration", "Weights files", "Model card", "Sample grid"]
+    tabs = dict(zip(names, st.tabs(names, key=f"models_tab_{status.name}", on_change="rerun")))
+    layers, config, files, card = tabs["Layers"], tabs["Configuration"], tabs["Weights files"], tabs["Model card"]
     if layers.open:
         layer_section(status, pipe, layers)
     if config.open:
-        config_section(status, pipe, config)
-    if scheduler.open:
-        scheduler_section(pipe, scheduler)
+        config_section(status, pipe, config) if prompted else family_config_section(status, pipe, config)
+    if "Scheduler" in tabs and tabs["Scheduler"].open:
+        scheduler_section(pipe, tabs["Scheduler"])
+    if "Sample grid" in tabs and tabs["Sample grid"].open:
+        with tabs["Sample grid"], _ui.section("Sample grid"):
+            grid = status.folder / "samples.png"
+            if grid.is_file():
+                st.image(str(grid), caption=f"SYNTHETIC · {status.name} · fixed-seed sample grid written at export "
+                                            f"(weights {status.weights_hash})")
+            else:
+                st.info(f"No sample grid in {status.folder} (the export writes samples.png).")
     if files.open:
         with files, _ui.section("Weights files"):
             st.caption(f"{status.folder} · weights hash {status.weights_hash} (sha256 of MANIFEST.json, first 16 hex digits)")
@@ -82,6 +102,16 @@ def config_section(status, pipe, tab) -> None:
                 st.json(json.loads(pipeline_file.read_text()))
 
 
+def family_config_section(status, generator, tab) -> None:
+    with tab, _ui.section("Configuration"):
+        st.markdown(f"**Generation:** `load_generator(\"{status.name}\").generate(n, condition, seed"
+                    + (", source=<film>" if status.kind == "translation" else "") + ")`")
+        st.json({"conditions": list(generator.conditions), "default_condition": getattr(generator, "default_condition", None),
+                 "image_size": generator.image_size, "generating_parameters": generator.parameters})
+        with st.expander("config.json (model, data, training settings and measured training numbers)", expanded=True):
+            st.json(generator.config, expanded=1)
+
+
 def scheduler_section(pipe, tab) -> None:
     with tab, _ui.section("Scheduler"):
         st.markdown(f"Training noise schedule: **{type(pipe.scheduler).__name__}**; samplers built from it at call time: "
@@ -90,11 +120,20 @@ def scheduler_section(pipe, tab) -> None:
 
 def main() -> None:
     st.title("Model analysis")
+    st.caption("Every model family in the registry: components, parameters, configuration, weights files with their "
+               "sha256, model card and a layer table measured from the loaded network.")
     statuses = _ui.generator_statuses()
+    # A static overview table (the interactive tables below are the selected model's).
+    st.table(pd.DataFrame([{"family": s.title, "name": s.name, "kind": s.kind, "status": studio.status_label(s),
+                            "weights hash": s.weights_hash or ""} for s in statuses]).set_index("family"))
+    _ui.damaged_weights_banners(statuses)
+    missing = [s for s in statuses if not s.available and not s.damaged]
+    if missing:
+        with st.expander(f"Not trained yet or unavailable ({len(missing)})", expanded=False):
+            for status in missing:
+                st.markdown(f"**{status.title}** (`{status.name}`): {status.reason} — train with:")
+                st.code("\n".join(status.train_commands), language="bash")
     available = [s for s in statuses if s.available]
-    for status in statuses:
-        if not status.available:
-            st.caption(f"**{status.title}** ({status.name}): unavailable, {status.reason}.")
     if not available:
         _ui.model_unavailable_notice(statuses)
         return

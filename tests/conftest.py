@@ -70,3 +70,55 @@ def tiny_classifier_dir(tmp_path_factory) -> Path:
     (folder / "config.json").write_text(json.dumps(config))
     write_manifest(folder)
     return folder
+
+
+TINY_FAMILY_CONFIGS = {  # family -> (tiny config file, model overrides)
+    "dcgan": ("gan_tiny.json", {}),
+    "dcgan_conditional": ("gan_tiny.json", {"classes": ["Normal", "Pneumonia", "COVID-19"]}),
+    "lsgan": ("gan_tiny.json", {}),
+    "vae": ("vae_family_tiny.json", {"prior": "standard", "components": 1}),
+    "gmvae": ("vae_family_tiny.json", {}),
+    "gmvae_supervised": ("vae_family_tiny.json", {"prior": "class_mixture", "classes": ["Normal", "Pneumonia", "COVID-19"]}),
+    "cvae": ("cvae_tiny.json", {}),
+}
+
+
+def write_tiny_family(folder: Path, family: str, seed: int = 0) -> Path:
+    """An exported-looking weights folder of an untrained tiny model (no training: it takes milliseconds).
+
+    Holds what an export holds for the loaders and the app: config.json, model.safetensors, a model
+    card and MANIFEST.json.
+    """
+    from safetensors.torch import save_file
+
+    from xray_generator.models.cvae import build_cvae
+    from xray_generator.models.gan import build_gan_generator
+    from xray_generator.models.vae_family import build_vae_family
+    from xray_generator.weights import write_manifest
+
+    name, overrides = TINY_FAMILY_CONFIGS[family]
+    config = json.loads((REPO / "configs" / name).read_text())
+    config["family"] = family
+    config["model"].update(overrides)
+    torch.manual_seed(seed)
+    build = build_cvae if family == "cvae" else build_gan_generator if "gan" in family else build_vae_family
+    model = build(config["model"]).eval()
+    folder.mkdir(parents=True)
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    (folder / "README.md").write_text(f"# {family} (tiny, untrained; tests only)\n\nSynthetic images for research use only. Not for clinical use.\n")
+    write_manifest(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_families_root(tmp_path_factory, tiny_weights_root) -> Path:
+    """A weights root with the tiny ldm plus tiny untrained dcgan_conditional and cvae folders (the other families missing)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("family_weights")
+    shutil.copytree(tiny_weights_root / "ldm", root / "ldm")
+    for family in ("dcgan_conditional", "cvae"):
+        write_tiny_family(root / family, family)
+    return root
+

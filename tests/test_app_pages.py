@@ -289,7 +289,9 @@ def test_console_compares_real_and_generated_and_runs_the_quiz(studio_env):
     assert any("nearest training image" in c for c in captions)
     at.button(key="quiz_start").click().run()
     assert_clean(at)
-    at.button(key="quiz_real_0").click().run()
+    # The quiz order is random on purpose; answer correctly (a wrong answer is shown as an st.error).
+    first = at.session_state["quiz"]["items"][0]
+    at.button(key="quiz_fake_0" if first.synthetic else "quiz_real_0").click().run()
     assert_clean(at)
     assert "Score" in at.get("progress")[-1].proto.text
     # Cached samples: a second comparison reuses the saved images instead of generating.

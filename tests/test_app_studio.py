@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -231,3 +232,129 @@ def test_shipped_weights_generate_a_radiograph():
     image = result.images[0].native
     assert image.shape == (256, 256) and np.isfinite(image).all() and image.std() > 0.02
     assert result.images[0].metadata["weights_sha256"] == shipped.weights_hash
+
+
+# ------------------------------------------------------------------ alternative model families
+
+
+@pytest.fixture(scope="module")
+def family_generators(tiny_families_root):
+    from xray_generator.pipelines.registry import load_generator
+
+    return {name: load_generator(name, tiny_families_root) for name in ("dcgan_conditional", "cvae")}
+
+
+def test_every_registry_family_is_listed_with_its_kind_and_train_commands(tiny_families_root, tmp_path, monkeypatch):
+    from xray_generator.pipelines.registry import GENERATOR_FAMILIES
+
+    monkeypatch.setenv("CXR_OUTPUTS_DIR", str(tmp_path / "outputs"))
+    assert set(studio.FAMILY_INFO) == set(GENERATOR_FAMILIES)
+    statuses = studio.generator_statuses(tiny_families_root)
+    assert [s.name for s in statuses] == list(GENERATOR_FAMILIES)
+    assert {s.name for s in statuses if s.available} == {"ldm", "dcgan_conditional", "cvae"}
+    kinds = {s.name: s.kind for s in statuses}
+    assert kinds["ldm"] == "text" and kinds["cvae"] == "translation" and kinds["gmvae"] == kinds["lsgan"] == "noise"
+    lsgan = next(s for s in statuses if s.name == "lsgan")
+    assert "not trained yet" in lsgan.reason and studio.status_label(lsgan) == "not trained yet"
+    assert lsgan.train_commands[0].startswith("python -m xray_generator.training.train_gan train --config configs/lsgan.json")
+    assert lsgan.train_commands[1].endswith(f"--out {tiny_families_root / 'lsgan'}")
+    assert "configs/vae_baseline.json" in next(s for s in statuses if s.name == "vae").train_commands[0]
+    assert all(s.title and s.description for s in statuses)
+
+
+def test_damaged_weights_make_only_that_family_unavailable(tiny_families_root, tmp_path):
+    root = shutil.copytree(tiny_families_root, tmp_path / "weights")
+    before = studio.weights_fingerprint(root / "cvae")
+    (root / "cvae" / "model.safetensors").write_bytes(b"\0" * 10)
+    assert studio.weights_fingerprint(root / "cvae") != before
+    statuses = {s.name: s for s in studio.mark_damaged(studio.generator_statuses(root))}
+    assert statuses["cvae"].damaged and not statuses["cvae"].available and statuses["cvae"].trained
+    assert "sha256" in statuses["cvae"].reason and studio.status_label(statuses["cvae"]) == "weights failed the sha256 check"
+    assert statuses["ldm"].available and statuses["dcgan_conditional"].available
+    assert studio.check_weights(root / "ldm") is None
+
+
+def test_family_images_are_reproducible_and_carry_provenance(family_generators):
+    from pydicom import dcmread
+
+    from xray_generator.dicom import dicom_bytes
+
+    generator = family_generators["dcgan_conditional"]
+    result = studio.generate_family_images(generator, studio.FamilyRequest("COVID-19", seed=5, num_images=2, preset="High Contrast"), "abcd")
+    assert [item.metadata["seed"] for item in result.images] == [5, 6]
+    np.testing.assert_array_equal(result.images[1].native, generator.generate(1, condition="COVID-19", seed=6)[0])
+    item = result.images[0]
+    assert item.metadata["weights_sha256"] == generator.weights_sha256 and item.metadata["synthetic"] is True
+    assert item.metadata["enhancement_steps"][0]["operation"] == "window" and not np.array_equal(item.image, item.native)
+    assert item.caption == "SYNTHETIC · dcgan_conditional · weights abcd · COVID-19 · seed 5 · 32 px native · High Contrast"
+    # The same downloads as latent diffusion: PNG with metadata, batch ZIP with a manifest, DICOM marked synthetic.
+    downloads = studio.generation_downloads(result)
+    assert read_png_metadata(downloads["png"][1])["condition"] == "COVID-19"
+    archive = zipfile.ZipFile(io.BytesIO(downloads["zip"]))
+    rows = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+    assert [(row["family"], row["condition"], row["seed"]) for row in rows] == [("dcgan_conditional", "COVID-19", "5"), ("dcgan_conditional", "COVID-19", "6")]
+    dataset = dcmread(io.BytesIO(dicom_bytes(item.image, item.metadata)))
+    assert "SYNTHETIC" in dataset.SeriesDescription and "random noise" in dataset.DerivationDescription
+    # The default condition is the family's first class, and recorded as such.
+    assert studio.generate_family_images(generator, studio.FamilyRequest(seed=1)).images[0].metadata["condition"] == "Normal"
+
+
+@pytest.mark.parametrize("change, message", [({"condition": "Tuberculosis"}, "choose one of: Normal, Pneumonia, COVID-19"),
+                                             ({"num_images": 0}, "number of images"), ({"seed": -1}, "seed")])
+def test_bad_family_requests_raise_value_errors(family_generators, change, message):
+    with pytest.raises(ValueError, match=message):
+        studio.generate_family_images(family_generators["dcgan_conditional"], studio.FamilyRequest(**change))
+
+
+def test_translation_shows_the_model_input_output_and_difference(family_generators):
+    generator = family_generators["cvae"]
+    rng = np.random.default_rng(0)
+    film = rng.random((90, 70), dtype=np.float32)
+    request = studio.TranslationRequest("Pneumonia", seed=3, source_id="img-1", source_description="dataset image img-1")
+    result, seconds = studio.translate_radiograph(generator, film, request, "abcd")
+    assert result.source.shape == result.image.shape == (32, 32) and seconds >= 0
+    assert any("70 x 90" in n and "32 x 32" in n for n in result.notices)
+    np.testing.assert_array_equal(result.image, generator.generate(1, condition="Pneumonia", seed=3, source=film)[0])
+    assert np.allclose(result.difference, np.abs(result.image - result.source))
+    assert result.metadata["source_image_id"] == "img-1" and result.metadata["kind"] == "translation"
+    assert studio.family_caption(result.metadata).startswith("SYNTHETIC · cvae · weights abcd · Pneumonia · seed 3")
+    downloads = studio.edit_downloads(result)
+    assert read_png_metadata(downloads["png"])["condition"] == "Pneumonia" and read_png_metadata(downloads["diff"])["difference_gain"]
+    with pytest.raises(ValueError, match="at least 32"):
+        studio.translate_radiograph(generator, np.zeros((10, 10), np.float32), request)
+    with pytest.raises(ValueError, match="choose one of"):
+        studio.translate_radiograph(generator, film, studio.TranslationRequest("COVID-19"))
+
+
+@pytest.mark.parametrize("family", ["dcgan", "dcgan_conditional", "lsgan", "vae", "gmvae", "gmvae_supervised", "cvae"])
+def test_layer_table_is_measured_for_every_family(family, tmp_path):
+    from tests.conftest import write_tiny_family
+    from xray_generator.pipelines.registry import load_generator
+
+    generator = load_generator(family, write_tiny_family(tmp_path / family, family).parent)
+    runs = studio.dummy_runs(generator)
+    [(component, run)] = runs.items()
+    module = studio.pipeline_modules(generator)[component]
+    table = studio.layer_table(module, run)
+    assert table.iloc[0]["total_params"] == studio.count_parameters(module) == table["own_params"].sum()
+    assert table.iloc[0]["output_shape"] == "1×1×32×32"
+    assert list(studio.components_table(generator)["component"]) == [component]
+
+
+def test_translation_sources_offer_held_out_films_of_the_training_source_first():
+    from xray_generator.data.manifest import load_manifest
+
+    manifest = load_manifest(REPO / "dataset")
+    table = studio.radiograph_choices(manifest, "Normal", prefer_sources=["pneumonia_kermany"])
+    assert len(table) == len(manifest.query(label="Normal")) and {"source", "license", "split"} <= set(table.columns)
+    first = table.iloc[0]
+    assert first["source"] == "pneumonia_kermany" and first["split"] == "test"
+    kermany = table[table["source"] == "pneumonia_kermany"]
+    assert list(kermany.index) == list(range(len(kermany)))  # every Kermany film before any other source
+    assert studio.radiograph_choices(manifest, "Normal").iloc[0]["split"] == "test"  # held-out first even without a preference
+
+
+def test_fidelity_metrics_are_not_grouped_with_fid():
+    # "fid" is a prefix of "fidelity": the dashboard must not put condition fidelity on the FID axes.
+    assert studio.metric_family("condition_fidelity_auroc_pneumonia_vs_normal") == "Fidelity"
+    assert studio.metric_family("fid_inception") == "FID" and studio.metric_family("diversity_intra_prompt_ms_ssim") == "Diversity"

@@ -1,7 +1,8 @@
 """End to end in a real browser: `streamlit run app.py` + headless Chromium via Playwright.
 
 Types a prompt, clicks Generate, checks the image really rendered and that the PNG download carries
-its generation metadata, then visits every page and saves a screenshot of each under
+its generation metadata; generates with a tiny conditional DCGAN and translates a film with a tiny
+CVAE (the other alternative families are missing and say so); then visits every page and saves a screenshot of each under
 outputs/screenshots/ (for a person to look at; the test only checks that each page renders).
 """
 from __future__ import annotations
@@ -116,7 +117,33 @@ def generate_in_browser(page, prompt: str) -> None:
     wait_until_idle(page)
 
 
-def test_generate_download_and_every_page_in_chromium(tiny_weights_root, tmp_path):
+def pick_option(page, box: str, option: str) -> None:
+    page.get_by_role("combobox", name=box, exact=True).click()
+    page.get_by_role("option", name=option, exact=True).click()
+    wait_until_idle(page)
+
+
+def alternative_families_in_browser(page) -> None:
+    """A noise family generates a captioned image; the CVAE shows input | translation | difference map."""
+    pick_option(page, "Model family", "Conditional DCGAN")
+    pick_option(page, "Condition", "Pneumonia")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_text("SYNTHETIC · dcgan_conditional").first.wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert page.locator('[data-testid="stImage"] img').first.evaluate("img => img.complete && img.naturalWidth") > 0
+    save_screenshot(page, "1b_generate_dcgan_conditional")
+    pick_option(page, "Model family", "CVAE (healthy → pneumonia translation)")
+    page.get_by_role("button", name="Translate", exact=True).click()
+    page.get_by_text("SYNTHETIC · difference map").first.wait_for(timeout=60_000)
+    wait_until_idle(page)
+    assert page.locator('[data-testid="stImage"] img').count() == 3
+    save_screenshot(page, "1c_generate_cvae")
+    pick_option(page, "Model family", "LSGAN — not trained yet")
+    assert page.get_by_text("is not trained yet — train with").first.is_visible()
+    pick_option(page, "Model family", "Latent diffusion (text to X-ray)")
+
+
+def test_generate_download_and_every_page_in_chromium(tiny_families_root, tmp_path):
     from playwright import sync_api
 
     from xray_generator.io import read_png_metadata
@@ -124,7 +151,7 @@ def test_generate_download_and_every_page_in_chromium(tiny_weights_root, tmp_pat
     outputs = tmp_path / "outputs"
     outputs.mkdir()
     prompt = "PA chest radiograph: right lower lobe consolidation"
-    with streamlit_server(studio_env(tiny_weights_root, outputs)) as url, sync_api.sync_playwright() as playwright:
+    with streamlit_server(studio_env(tiny_families_root, outputs)) as url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
@@ -144,6 +171,7 @@ def test_generate_download_and_every_page_in_chromium(tiny_weights_root, tmp_pat
             assert metadata["prompt"] == prompt
             assert metadata["synthetic"] is True and metadata["weights_sha256"]
             save_screenshot(page, "1_generate")
+            alternative_families_in_browser(page)
 
             for nav_title, heading, name in PAGES:
                 page.get_by_role("link", name=nav_title).first.click()

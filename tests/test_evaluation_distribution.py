@@ -157,3 +157,17 @@ def test_frechet_distance_is_symmetric_and_never_negative(seed, dim, rank):
     forward = frechet_distance(mu1, s1, mu2, s2)
     assert forward >= 0.0
     assert forward == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-6, abs=1e-9)
+
+
+def test_fid_at_fixed_size_matches_plain_fid_at_full_size_and_grows_as_n_shrinks():
+    from xray_generator.evaluation.distribution import fid_at_fixed_size, fid_from_features
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(size=(300, 8))
+    full = fid_at_fixed_size(a, b, 300, n_subsets=3)
+    assert full["value"] == pytest.approx(fid_from_features(a, b)) and full["std"] == pytest.approx(0.0, abs=1e-9)
+    small = fid_at_fixed_size(a, b, 30, n_subsets=40, seed=1)
+    assert small["ci_low"] <= small["value"] <= small["ci_high"]
+    assert small["value"] > full["value"]  # the small-N bias FID is known for
+    with pytest.raises(ValueError, match="size"):
+        fid_at_fixed_size(a, b, 301)

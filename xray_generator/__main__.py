@@ -2,6 +2,8 @@
 
     python -m xray_generator generate --prompt "right lower lobe pneumonia" --seed 0 -o out.png
     python -m xray_generator generate --prompt "normal pediatric chest" --n 8 -o batch/
+    python -m xray_generator generate --model dcgan_conditional --condition Pneumonia --n 4 -o batch/
+    python -m xray_generator generate --model cvae --source NORMAL.png --condition Pneumonia -o out.png
     python -m xray_generator edit --image IN.png --prompt "right lower lobe pneumonia" --strength 0.5 --region right-lower -o OUT.png
     python -m xray_generator verify-weights
 """
@@ -39,22 +41,37 @@ def _batch_paths(output: Path, n: int) -> tuple[list[Path], Path]:
     return [folder / f"{stem}_{i:04d}.png" for i in range(n)], folder / f"{stem}_manifest.csv"
 
 
+def _output_targets(output: Path, n: int) -> tuple[list[Path], Path | None]:
+    """The PNG paths to write (one file, or a batch in a folder) and the batch's manifest path (None for one file)."""
+    if n == 1 and output.suffix.lower() == ".png":
+        return [output], None
+    targets, manifest_path = _batch_paths(output, n)
+    # Temporary files of a run killed mid-write (atomic_write names them ".<file>.<pid>.<id>.tmp").
+    for stale in targets[0].parent.glob(f".{targets[0].stem.rsplit('_', 1)[0]}_*.png.*.tmp"):
+        stale.unlink(missing_ok=True)
+    return targets, manifest_path
+
+
 def command_generate(args) -> int:
     from xray_generator.io import read_png_metadata, save_png_with_metadata
     from xray_generator.io import atomic_write_text
+    from xray_generator.pipelines.registry import FAMILY_KINDS, UnknownGeneratorError
 
+    if args.model not in FAMILY_KINDS:
+        raise CliError(str(UnknownGeneratorError(args.model)))
+    if FAMILY_KINDS[args.model] != "text-to-image":
+        return command_generate_family(args)
+    given = [flag for flag, value in (("--condition", args.condition), ("--source", args.source)) if value is not None]
+    if given:
+        raise CliError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to the alternative families (--model cvae, dcgan_conditional, ...); the {args.model} model takes a --prompt")
+    if args.prompt is None:
+        raise CliError(f"the {args.model} model needs a --prompt (a radiology-style description)")
     pipe = _load_pipeline(args)
     output = Path(args.output)
     settings = dict(
         negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler
     )
-    if args.n == 1 and output.suffix.lower() == ".png":
-        targets, manifest_path = [output], None
-    else:
-        targets, manifest_path = _batch_paths(output, args.n)
-        # Temporary files of a run killed mid-write (atomic_write names them ".<file>.<pid>.<id>.tmp").
-        for stale in targets[0].parent.glob(f".{targets[0].stem.rsplit('_', 1)[0]}_*.png.*.tmp"):
-            stale.unlink(missing_ok=True)
+    targets, manifest_path = _output_targets(output, args.n)
     rows = []
     for i, target in enumerate(targets):
         seed = args.seed + i
@@ -94,13 +111,112 @@ def _same_settings(existing: dict, pipe, args, seed: int) -> bool:
     return all(existing.get(key) == value for key, value in wanted.items())
 
 
-def _write_manifest(path: Path, rows: list[dict], atomic_write_text) -> None:
-    fields = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "height", "width", "precision", "synthetic"]
+MANIFEST_FIELDS = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "height", "width", "precision", "synthetic"]
+FAMILY_MANIFEST_FIELDS = ["file", "model", "weights_sha256", "kind", "condition", "source_image_id", "source_file_sha256", "seed", "height", "width", "synthetic"]
+
+
+def _write_manifest(path: Path, rows: list[dict], atomic_write_text, fields: list[str] = MANIFEST_FIELDS) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def _load_family(args):
+    """The family's generator from weights/<model> (or --weights); one-line errors for unknown or damaged weights."""
+    from xray_generator.pipelines.registry import UnknownGeneratorError, family_loader, load_generator
+    from xray_generator.weights import WeightsError
+
+    try:
+        return family_loader(args.model)(Path(args.weights)) if args.weights else load_generator(args.model)
+    except (WeightsError, UnknownGeneratorError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _read_source(path: str) -> tuple:
+    """A source radiograph for the CVAE: (float image, file name, sha256 of the file); one-line errors."""
+    import hashlib
+
+    from xray_generator.io import ImageLoadError, decode_upload
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read the source {path}: {exc.strerror or exc}") from exc
+    try:
+        return decode_upload(data, Path(path).name), Path(path).name, hashlib.sha256(data).hexdigest()
+    except ImageLoadError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def command_generate_family(args) -> int:
+    """Images from an alternative family (GAN, VAE family, CVAE): PNGs with provenance, a manifest for a batch.
+
+    Image i of a batch is `generate(1, condition, seed + i, source)`, the same image a single
+    call with that seed gives.
+    """
+    from xray_generator.io import atomic_write_text, read_png_metadata, save_png_with_metadata
+    from xray_generator.pipelines.registry import FAMILY_KINDS, check_condition
+
+    translates = FAMILY_KINDS[args.model] == "image-to-image"
+    given = [flag for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt), ("--steps", args.steps),
+                                      ("--guidance", args.guidance), ("--sampler", args.sampler), ("--text-encoder", args.text_encoder)) if value is not None]
+    if given:
+        takes = "--source and --condition" if translates else "--condition (conditional families) and --seed"
+        raise CliError(f"the {args.model} model takes no {', '.join(given)} (those drive the text-to-image ldm); it takes {takes}")
+    if translates and args.source is None:
+        raise CliError(f"the {args.model} model translates a radiograph: pass --source IN.png (a frontal chest film)")
+    if not translates and args.source is not None:
+        raise CliError(f"the {args.model} model generates from noise and takes no --source; only the cvae translates a radiograph")
+    source, source_name, source_sha = _read_source(args.source) if translates else (None, "", "")
+    generator = _load_family(args)
+    try:  # before any notice or file: a wrong label is the whole answer
+        condition = check_condition(args.condition, tuple(generator.conditions), getattr(generator, "default_condition", None))
+    except ValueError as exc:
+        raise CliError(f"{args.model}: {exc}") from exc
+    if translates:
+        from xray_generator.pipelines.cvae import prepare_source
+
+        try:
+            _, notices = prepare_source(source, generator.image_size)  # refuses what is no radiograph before anything is written
+        except ValueError as exc:
+            raise CliError(f"{source_name}: {exc}") from exc
+        for notice in notices:
+            print(f"note: {notice}", file=sys.stderr)
+    targets, manifest_path = _output_targets(Path(args.output), args.n)
+    kind = (f"translated real radiograph ({args.model}: {source_name} -> {condition})" if translates
+            else f"generated from noise ({args.model}{', class ' + condition if condition else ''})")
+    rows = []
+    for i, target in enumerate(targets):
+        seed = args.seed + i
+        metadata = {
+            "model": generator.family, "weights_sha256": generator.weights_sha256, "kind": kind, "condition": condition or "",
+            "source_image_id": source_name, "source_file_sha256": source_sha, "seed": seed,
+            "height": generator.image_size, "width": generator.image_size, "synthetic": True,
+        }
+        if target.is_file():  # a rerun of an interrupted batch skips images already made for the same request
+            try:
+                existing = read_png_metadata(target)
+            except (OSError, ValueError):
+                existing = {}  # a damaged file is made again
+            if all(existing.get(key) == value for key, value in metadata.items()):
+                rows.append({**existing, "file": target.name})
+                continue
+        start = time.perf_counter()
+        try:
+            image = generator.generate(1, condition=condition, seed=seed, source=source)[0]
+        except ValueError as exc:
+            raise CliError(str(exc)) from exc
+        elapsed = time.perf_counter() - start
+        save_png_with_metadata(image, target, metadata)
+        rows.append({**metadata, "file": target.name})
+        print(f"{target}  ({elapsed:.2f} s; SYNTHETIC, research use only)")
+        if manifest_path is not None:
+            _write_manifest(manifest_path, rows, atomic_write_text, FAMILY_MANIFEST_FIELDS)
+    if manifest_path is not None:
+        _write_manifest(manifest_path, rows, atomic_write_text, FAMILY_MANIFEST_FIELDS)
+    return 0
 
 
 def command_edit(args) -> int:
@@ -161,12 +277,16 @@ def command_evaluate(args) -> int:
 
 
 def command_verify(args) -> int:
-    from xray_generator.pipelines.registry import GENERATORS, generator_folder
+    """Every family's weights folder against its MANIFEST.json; alternative families not exported yet are listed, not failed."""
+    from xray_generator.pipelines.registry import GENERATOR_FAMILIES, GENERATORS, generator_folder
     from xray_generator.weights import WeightsError, verify_manifest
 
     failures = 0
-    for name in GENERATORS:
+    for name in GENERATOR_FAMILIES:
         folder = generator_folder(name)
+        if name not in GENERATORS and not folder.exists():
+            print(f"{name}: not trained yet  ({folder} does not exist; see the README's Training section)")
+            continue
         try:
             print(f"{name}: ok  {verify_manifest(folder)}  ({folder})")
         except WeightsError as exc:
@@ -176,10 +296,15 @@ def command_verify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xray_generator.pipelines.registry import GENERATOR_FAMILIES
+
     parser = argparse.ArgumentParser(prog="python -m xray_generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate chest X-rays from a text prompt")
-    gen.add_argument("--prompt", required=True, help="radiology-style description")
+    gen = sub.add_parser("generate", help="generate chest X-rays: from a text prompt (ldm), a class (GANs, VAE family) or a source film (cvae)")
+    gen.add_argument("--prompt", default=None, help="radiology-style description (ldm, required there)")
+    gen.add_argument("--condition", default=None,
+                     help="class to generate (conditional GANs / VAEs: Normal, Pneumonia, COVID-19) or the target label (cvae; default Pneumonia)")
+    gen.add_argument("--source", default=None, help="the radiograph to translate (cvae only): PNG, JPEG, TIFF, BMP, WebP or DICOM")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image; batch image i uses seed+i")
     gen.add_argument("--steps", type=int, default=None, help="sampler steps (default from the model: 8 for the shipped weights)")
@@ -187,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
     gen.add_argument("--n", type=int, default=1, help="number of images; with more than 1, -o is a folder or a stem")
     gen.add_argument("-o", "--output", required=True, help="output PNG, or a folder for a batch")
-    gen.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
-    gen.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
+    gen.add_argument("--model", default="ldm", help=f"model family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
+    gen.add_argument("--weights", default=None, help="a weights folder of that family to use instead of weights/<model>")
     gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
     gen.set_defaults(func=command_generate)
     ed = sub.add_parser("edit", help="text-guided edit of a real radiograph (whole image, a mask or a lung zone)",
@@ -217,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(ev)
     ev.set_defaults(func=command_evaluate)
-    ver = sub.add_parser("verify-weights", help="check every shipped weights folder against its MANIFEST.json")
+    ver = sub.add_parser("verify-weights", help="check every family's weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
     return parser
 

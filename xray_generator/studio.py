@@ -41,8 +41,59 @@ MAX_IMAGES_PER_REQUEST = 8
 
 
 @dataclass(frozen=True)
+class FamilyInfo:
+    """How the studio presents a registry family: title, what it does, how it is driven and trained.
+
+    kind: "text" (prompted latent diffusion), "noise" (noise [+ class] to image: GANs, VAE family)
+    or "translation" (a source radiograph to a target condition: the CVAE).
+    """
+
+    title: str
+    kind: str
+    description: str
+    trainer: str  # module under xray_generator.training
+    config: str  # file under configs/
+
+
+# Titles and descriptions of the alternative families; latent diffusion's come from the registry's
+# GENERATORS. Every registry family must have an entry (tests check it).
+FAMILY_INFO: dict[str, FamilyInfo] = {
+    "ldm": FamilyInfo("", "text", "", "train_ldm", "ldm.json"),
+    "cvae": FamilyInfo(
+        "CVAE (healthy → pneumonia translation)", "translation",
+        "U-Net conditional VAE: encodes a normal film (skips keep the anatomy) and decodes it under a target label "
+        "with FiLM conditioning; trained with a label-conditioned PatchGAN and a classifier perceptual loss.",
+        "train_cvae", "cvae.json"),
+    "dcgan": FamilyInfo(
+        "DCGAN", "noise",
+        "Unconditional DCGAN: z ∈ R^100 → dense → transposed convolutions with BatchNorm and ReLU → tanh.",
+        "train_gan", "dcgan.json"),
+    "dcgan_conditional": FamilyInfo(
+        "Conditional DCGAN", "noise",
+        "Class-conditional DCGAN: a label embedding joins z; one image per requested class.",
+        "train_gan", "dcgan_conditional.json"),
+    "lsgan": FamilyInfo(
+        "LSGAN", "noise",
+        "The DCGAN backbone trained with the least-squares objective.",
+        "train_gan", "lsgan.json"),
+    "vae": FamilyInfo(
+        "VAE (baseline)", "noise",
+        "Convolutional VAE with a transposed-convolution decoder and an N(0, I) prior; samples decode prior draws.",
+        "train_vae_family", "vae_baseline.json"),
+    "gmvae": FamilyInfo(
+        "GMVAE", "noise",
+        "VAE with a learnable mixture-of-Gaussians prior (K components).",
+        "train_vae_family", "gmvae.json"),
+    "gmvae_supervised": FamilyInfo(
+        "Supervised GMVAE", "noise",
+        "GMVAE with one prior component per class and label conditioning, for class-specific sampling.",
+        "train_vae_family", "gmvae_supervised.json"),
+}
+
+
+@dataclass(frozen=True)
 class GeneratorStatus:
-    """A model family as the Generate page lists it: usable or not, and why not."""
+    """A model family as the pages list it: usable or not, and why not."""
 
     name: str
     title: str
@@ -51,19 +102,72 @@ class GeneratorStatus:
     available: bool
     reason: str
     weights_hash: str | None
+    kind: str = "text"
+    train_commands: tuple[str, ...] = ()
+    damaged: bool = False  # the folder is complete but its files fail the sha256 check
+
+    @property
+    def trained(self) -> bool:
+        """Whether exported weights exist (available, or present but damaged)."""
+        return self.available or self.damaged
+
+
+def family_info(name: str) -> FamilyInfo:
+    """Title, kind and description of registry family `name` (latent diffusion's from the registry)."""
+    from xray_generator.pipelines.registry import GENERATORS
+
+    info = FAMILY_INFO.get(name) or FamilyInfo(name, "noise", "", "", "")
+    if name in GENERATORS:
+        spec = GENERATORS[name]
+        info = FamilyInfo(spec.title, info.kind, spec.description, info.trainer, info.config)
+    return info
+
+
+def _shown_path(path: Path) -> str:
+    from xray_generator.paths import REPO_ROOT
+
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def train_commands(name: str, folder: str | Path | None = None) -> tuple[str, ...]:
+    """The commands that train family `name` and export it to its weights folder."""
+    from xray_generator.pipelines.registry import generator_folder
+
+    out = _shown_path(Path(folder) if folder is not None else generator_folder(name))
+    info = FAMILY_INFO[name]
+    if name == "ldm":  # the autoencoder first, then the UNet on its latents (README: Training)
+        return (
+            "python -m xray_generator.training.train_vae train --config configs/vae.json --run outputs/runs/vae --resume",
+            "python -m xray_generator.training.train_vae export --run outputs/runs/vae --out outputs/runs/vae/autoencoder",
+            "python -m xray_generator.training.train_ldm train --config configs/ldm.json --run outputs/runs/ldm --resume",
+            f"python -m xray_generator.training.train_ldm export --run outputs/runs/ldm --out {out} --autoencoder outputs/runs/vae/autoencoder",
+        )
+    module = f"python -m xray_generator.training.{info.trainer}"
+    return (f"{module} train --config configs/{info.config} --run outputs/runs/{name} --resume",
+            f"{module} export --run outputs/runs/{name} --out {out}")
 
 
 def generator_statuses(root: str | Path | None = None) -> list[GeneratorStatus]:
-    """Every registered family, with its weights hash when its folder is complete, else the reason it is not."""
-    from xray_generator.pipelines.registry import GENERATORS, generator_folder
+    """Every registry family, with its weights hash when its folder is complete, else the reason it is not.
+
+    Cheap (no hashing): a complete folder is one with a MANIFEST.json; `check_weights` verifies the
+    files, and `mark_damaged` turns the families that fail into unavailable ones.
+    """
+    from xray_generator.pipelines.registry import GENERATOR_FAMILIES, generator_folder
     from xray_generator.weights import MANIFEST_NAME, weights_hash
 
     root = Path(root) if root is not None else weights_dir()
     statuses = []
-    for name, spec in GENERATORS.items():
+    for name in GENERATOR_FAMILIES:
+        info = family_info(name)
         folder = generator_folder(name, root)
+        common = dict(name=name, title=info.title, description=info.description, folder=folder, kind=info.kind,
+                      train_commands=train_commands(name, folder))
         if (folder / MANIFEST_NAME).is_file():
-            statuses.append(GeneratorStatus(name, spec.title, spec.description, folder, True, "", weights_hash(folder)))
+            statuses.append(GeneratorStatus(**common, available=True, reason="", weights_hash=weights_hash(folder)))
             continue
         if folder.is_dir():
             reason = f"weights folder {folder} has no {MANIFEST_NAME} (export unfinished or files copied by hand)"
@@ -71,8 +175,50 @@ def generator_statuses(root: str | Path | None = None) -> list[GeneratorStatus]:
             reason = f"being trained (run in outputs/runs/{name}); no exported weights in {folder} yet"
         else:
             reason = f"not trained yet: no weights in {folder}"
-        statuses.append(GeneratorStatus(name, spec.title, spec.description, folder, False, reason, None))
+        statuses.append(GeneratorStatus(**common, available=False, reason=reason, weights_hash=None))
     return statuses
+
+
+def weights_fingerprint(folder: str | Path) -> tuple:
+    """(file, size, mtime) of every file in a weights folder: changes whenever a file is replaced or edited."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ()
+    return tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file())
+
+
+def check_weights(folder: str | Path) -> str | None:
+    """None when every file matches MANIFEST.json, else the problem (the sha256 check every loader runs)."""
+    from xray_generator.weights import WeightsError, verify_manifest
+
+    try:
+        verify_manifest(folder)
+    except WeightsError as exc:
+        return str(exc)
+    return None
+
+
+def mark_damaged(statuses: Sequence[GeneratorStatus], check: Callable[[Path], str | None] = check_weights) -> list[GeneratorStatus]:
+    """The statuses with every available family whose weights fail `check` made unavailable, saying why."""
+    from dataclasses import replace
+
+    marked = []
+    for status in statuses:
+        problem = check(status.folder) if status.available else None
+        if problem:
+            status = replace(status, available=False, damaged=True, weights_hash=None,
+                             reason=f"its weights failed the sha256 check: {problem.rstrip('.')}. Re-export or restore {status.folder}")
+        marked.append(status)
+    return marked
+
+
+def status_label(status: GeneratorStatus) -> str:
+    """A short state for tables and selectors."""
+    if status.available:
+        return "available"
+    if status.damaged:
+        return "weights failed the sha256 check"
+    return "not trained yet" if "not trained yet" in status.reason else status.reason.split(";")[0].split(" (")[0]
 
 
 def load_pipeline(name: str, root: str | Path | None = None):
@@ -215,7 +361,18 @@ class GeneratedImage:
         m = self.metadata
         size = f"{m['resolution']} px upscaled from {m['native_resolution']}" if m.get("upscaled") else f"{m['resolution']} px native"
         preset = f" · {m['enhancement_preset']}" if m.get("enhancement_preset", "None") != "None" else ""
+        if "family" in m:
+            return family_caption(m)
         return f"{SYNTHETIC_CAPTION} · seed {m['seed']} · {size}{preset}"
+
+
+def family_caption(metadata: dict) -> str:
+    """Caption of an image from an alternative family: SYNTHETIC, which family and weights, the class, seed and size."""
+    m = metadata
+    condition = f" · {m['condition']}" if m.get("condition") else ""
+    preset = f" · {m['enhancement_preset']}" if m.get("enhancement_preset", "None") != "None" else ""
+    weights = m.get("weights_hash") or str(m.get("weights_sha256", ""))[:16]
+    return f"{SYNTHETIC_CAPTION} · {m['family']} · weights {weights}{condition} · seed {m['seed']} · {m['resolution']} px native{preset}"
 
 
 @dataclass
@@ -313,6 +470,132 @@ def generate_images(
     return GenerationResult(images, time.perf_counter() - started, total, notices)
 
 
+@dataclass(frozen=True)
+class FamilyRequest:
+    """What the user asked of a noise-to-image family (GAN, VAE family) on the Generate page."""
+
+    condition: str | None = None
+    seed: int = 0
+    num_images: int = 1
+    preset: str = "None"
+    preset_steps: tuple = ()
+
+    def check(self, generator) -> None:
+        """ValueError with a message a user can act on, before the generation lock is taken."""
+        from xray_generator.pipelines.registry import check_condition
+
+        if not _is_integer(self.num_images) or not 1 <= self.num_images <= MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"number of images must be an integer from 1 to {MAX_IMAGES_PER_REQUEST}, got {self.num_images!r}")
+        if not _is_integer(self.seed) or not 0 <= self.seed < 2**63 - MAX_IMAGES_PER_REQUEST:
+            raise ValueError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
+        check_condition(self.condition, tuple(generator.conditions))
+
+
+def family_metadata(generator, weights_hash: str | None, condition: str | None, seed: int, kind: str = "noise") -> dict[str, Any]:
+    """Provenance of one image from an alternative family: enough to make it again with `load_generator`."""
+    return {
+        "model": generator.family,
+        "family": generator.family,
+        "kind": kind,
+        # sha256 of the family's model.safetensors (verified against MANIFEST.json at load) and the
+        # short hash of the whole folder's manifest (shown in the sidebar and on Model analysis).
+        "weights_sha256": generator.weights_sha256,
+        "weights_hash": weights_hash or "",
+        "condition": condition,
+        "seed": int(seed),
+        "image_size": int(generator.image_size),
+        "synthetic": True,
+        "notice": DISCLAIMER,
+    }
+
+
+def generate_family_images(
+    generator,
+    request: FamilyRequest,
+    weights_hash: str | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+) -> GenerationResult:
+    """`request.num_images` images from a noise-to-image family, image i with seed `request.seed + i`.
+
+    One `generate(1, condition, seed)` call per image, so each image's metadata alone reproduces it.
+    `on_image(done, total)` reports progress. The result has the same shape as `generate_images`'
+    (its steps are images), so the same downloads (PNG, batch ZIP, DICOM) serve both.
+    """
+    request.check(generator)
+    condition = request.condition if request.condition is not None else getattr(generator, "default_condition", None)
+    size = int(generator.image_size)
+    images: list[GeneratedImage] = []
+    started = time.perf_counter()
+    for index in range(request.num_images):
+        seed = int(request.seed) + index
+        native = np.asarray(generator.generate(1, condition=condition, seed=seed)[0], dtype=np.float32)
+        shown = enhance(native, request.preset, request.preset_steps)
+        metadata = family_metadata(generator, weights_hash, condition, seed)
+        metadata.update(
+            native_resolution=size,
+            resolution=size,
+            upscaled=False,
+            enhancement_preset=request.preset,
+            enhancement_steps=_preset_steps_json(request.preset, request.preset_steps),
+            generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            software="CXR Studio",
+        )
+        images.append(GeneratedImage(shown, native, metadata))
+        if on_image is not None:
+            on_image(index + 1, request.num_images)
+    notices = [] if size == NATIVE_RESOLUTION else [
+        f"{generator.family} generates {size} px images natively: the files keep {size} px; the page may display them larger."]
+    return GenerationResult(images, time.perf_counter() - started, request.num_images, notices)
+
+
+def generation_downloads(result: GenerationResult) -> dict[str, Any]:
+    """PNG bytes (metadata embedded) of every image and the batch ZIP, for the download buttons."""
+    return {"png": [png_bytes_with_metadata(item.image, item.metadata) for item in result.images],
+            "zip": batch_zip_bytes(result.images)}
+
+
+@dataclass(frozen=True)
+class TranslationRequest:
+    """What the user asked of an image-to-image family (the CVAE): a source film, a target condition, a seed."""
+
+    condition: str | None = None
+    seed: int = 0
+    source_id: str | None = None
+    source_description: str = ""
+
+
+def translate_radiograph(generator, source: np.ndarray, request: TranslationRequest, weights_hash: str | None = None):
+    """The source as the model sees it, its translation and their difference, as an `EditResult`; and the seconds taken.
+
+    The result is the Edit page's type, so the same difference map, overlay and downloads serve
+    both. Its notices say how the source was resized to the model's size.
+    """
+    from xray_generator.pipelines.cvae import prepare_source
+    from xray_generator.pipelines.editing import build_result
+    from xray_generator.pipelines.registry import check_condition, check_seed
+
+    seed = check_seed(request.seed)
+    condition = check_condition(request.condition, tuple(generator.conditions), getattr(generator, "default_condition", None))
+    started = time.perf_counter()
+    prepared, notices = prepare_source(source, int(generator.image_size))
+    translated = np.asarray(generator.generate(1, condition=condition, seed=seed, source=source)[0], dtype=np.float32)
+    metadata = family_metadata(generator, weights_hash, condition, seed, kind="translation")
+    metadata.update(
+        source_image_id=request.source_id,
+        source=request.source_description,
+        source_shape=list(np.shape(source)),
+        resolution=int(generator.image_size),
+        generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        software="CXR Studio",
+    )
+    return build_result(prepared, translated, None, metadata, notices), time.perf_counter() - started
+
+
+def translation_file_stem(metadata: dict) -> str:
+    source = slug(str(metadata.get("source_image_id") or "source"))[:40]
+    return f"synthetic_cxr_{metadata.get('family', 'cvae')}_{slug(str(metadata.get('condition') or ''))}_{source}_seed{metadata.get('seed', 'x')}"
+
+
 def _preset_steps_json(preset: str, steps: Sequence) -> list:
     if not steps and preset == "None":
         return []
@@ -331,6 +614,9 @@ MANIFEST_FIELDS = ("file", "model", "weights_sha256", "prompt", "negative_prompt
                    "native_resolution", "resolution", "upscaled", "enhancement_preset", "synthetic", "generated_at")
 
 
+FAMILY_MANIFEST_FIELDS = ("family", "condition", "weights_hash")
+
+
 def batch_zip_bytes(images: Sequence[GeneratedImage]) -> bytes:
     """A ZIP of PNGs (each with its metadata embedded) plus manifest.csv and manifest.json."""
     buffer = io.BytesIO()
@@ -341,7 +627,9 @@ def batch_zip_bytes(images: Sequence[GeneratedImage]) -> bytes:
             archive.writestr(name, png_bytes_with_metadata(item.image, item.metadata))
             rows.append({"file": name, **item.metadata})
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(MANIFEST_FIELDS), extrasaction="ignore", lineterminator="\n")
+        # Alternative families add their family and condition columns; prompted batches keep the original columns.
+        fields = list(MANIFEST_FIELDS) + [f for f in FAMILY_MANIFEST_FIELDS if any(f in row for row in rows)]
+        writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         archive.writestr("manifest.csv", text.getvalue())
@@ -656,8 +944,10 @@ METRIC_FAMILIES = {
 
 def metric_family(name: str) -> str:
     """Which dashboard group a metric name belongs to ('Other' when none matches)."""
+    # A prefix or a whole "_"-separated word: "fid" must not catch "condition_fidelity_auroc".
+    words = set(name.split("_"))
     for family, prefixes in METRIC_FAMILIES.items():
-        if any(name.startswith(p) or p in name for p in prefixes):
+        if any(name.startswith(p) or p in words for p in prefixes):
             return family
     return "Other"
 
@@ -721,11 +1011,26 @@ def module_bytes(module) -> int:
     return int(sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers())))
 
 
+def is_prompted_pipeline(pipe) -> bool:
+    """True for the latent diffusion pipeline (diffusers components), False for an alternative family's `Generator`."""
+    return hasattr(pipe, "components") and not hasattr(pipe, "generate")
+
+
 def pipeline_modules(pipe) -> dict[str, Any]:
-    """The pipeline's torch modules by component name (the scheduler is configuration, not a module)."""
+    """The torch modules by component name: a pipeline's (the scheduler is configuration, not a module),
+    or an alternative family's one network under its role ("generator", "vae" or "cvae")."""
     import torch
 
+    if not is_prompted_pipeline(pipe):
+        return {family_component(pipe.family): pipe.model}
     return {name: part for name, part in pipe.components.items() if isinstance(part, torch.nn.Module)}
+
+
+def family_component(family: str) -> str:
+    """The component name an alternative family's network is listed under."""
+    if family == "cvae":
+        return "cvae"
+    return "vae" if family in ("vae", "gmvae", "gmvae_supervised") else "generator"
 
 
 def components_table(pipe) -> pd.DataFrame:
@@ -819,10 +1124,36 @@ def layer_table(module, run: Callable[[], Any], max_depth: int | None = None) ->
     return pd.DataFrame(rows)
 
 
-def dummy_runs(pipe) -> dict[str, Callable[[], Any]]:
-    """For each network of a latent diffusion pipeline, a call that pushes a dummy input through it."""
+def family_dummy_runs(generator) -> dict[str, Callable[[], Any]]:
+    """For an alternative family's network, a call that pushes a dummy input through its forward pass.
+
+    GANs: a z vector (and class 0 when conditional) to an image; VAE family: an image (and class)
+    through encoder and decoder; CVAE: an image encoded and decoded under the last label.
+    """
     import torch
 
+    model = generator.model
+    name = family_component(generator.family)
+    rng = torch.Generator().manual_seed(0)
+    dtype = next(model.parameters()).dtype
+    size = int(generator.image_size)
+    image = (torch.rand(1, 1, size, size, generator=rng) * 2 - 1).to(dtype)
+    labels = torch.zeros(1, dtype=torch.long) if generator.conditions else None
+    if name == "generator":
+        z = torch.randn(1, int(model.z_dim), generator=rng).to(dtype)
+        return {name: lambda: model(z, labels)}
+    if name == "vae":
+        return {name: lambda: model(image, labels, generator=torch.Generator().manual_seed(0))}
+    target = torch.tensor([len(generator.conditions) - 1])
+    return {name: lambda: model(image, target, generator=torch.Generator().manual_seed(0))}
+
+
+def dummy_runs(pipe) -> dict[str, Callable[[], Any]]:
+    """For each network of a latent diffusion pipeline (or an alternative family), a call that pushes a dummy input through it."""
+    import torch
+
+    if not is_prompted_pipeline(pipe):
+        return family_dummy_runs(pipe)
     modules = pipeline_modules(pipe)
     runs: dict[str, Callable[[], Any]] = {}
     generator = torch.Generator().manual_seed(0)
@@ -1029,6 +1360,22 @@ def edit_source_table(manifest) -> pd.DataFrame:
     """The dataset images an edit can start from, with the source and licence shown next to each."""
     columns = ["image_id", "labels", "view", "split", "source", "source_repo", "license"]
     return manifest.table[[c for c in columns if c in manifest.table.columns]].reset_index(drop=True)
+
+
+def radiograph_choices(manifest, label: str | None = None, prefer_sources: Sequence[str] = ()) -> pd.DataFrame:
+    """`edit_source_table` of the films with `label`, best candidates first.
+
+    Films from `prefer_sources` (what a model was trained on, e.g. the CVAE's Kermany films) come
+    first, and within each group the held-out ones (test, val) before the training split, so the
+    default choice is a film the model has not seen but whose kind it knows.
+    """
+    table = edit_source_table(manifest.query(label=label) if label is not None else manifest)
+    if table.empty:
+        return table
+    split_rank = table["split"].map({"test": 0, "val": 1}).fillna(2) if "split" in table else 0
+    source_rank = (~table["source"].isin(list(prefer_sources))).astype(int) if prefer_sources and "source" in table else 0
+    order = pd.DataFrame({"source": source_rank, "split": split_rank, "row": range(len(table))}).sort_values(["source", "split", "row"])
+    return table.iloc[order.index].reset_index(drop=True)
 
 
 def edit_radiograph(

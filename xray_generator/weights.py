@@ -90,3 +90,11 @@ def replace_folder_atomically(staging: Path, target: Path) -> None:
         os.replace(target, backup)
     os.replace(staging, target)
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def fresh_staging_folder(target: Path) -> Path:
+    """An empty hidden folder beside `target` to write a new version into before `replace_folder_atomically`."""
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging

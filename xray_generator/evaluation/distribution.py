@@ -184,6 +184,37 @@ def fid_with_bootstrap(
     return result
 
 
+
+def fid_at_fixed_size(feats_a: np.ndarray, feats_b: np.ndarray, size: int, n_subsets: int = 50, seed: int = 0, ci: float = 0.95) -> dict:
+    """FID between random subsets of `size` images from each set, drawn without replacement.
+
+    FID depends on N (its bias shrinks as N grows), so two runs can only be compared at the same
+    N. This gives the distribution of FID at a fixed N from a larger run: its mean and the
+    central `ci` interval of the subset values, i.e. where one run of `size` images would land.
+
+    Returns
+    -------
+    result : dict
+        ``value`` (mean over subsets), ``std``, ``ci_low``, ``ci_high``, ``ci_level``,
+        ``ci_method``, ``size``, ``n_subsets``.
+    """
+    a, b = _check_pair_of_feature_sets(feats_a, feats_b, ("feats_a", "feats_b"))
+    if not 2 <= size <= min(len(a), len(b)):
+        raise ValueError(f"size must be between 2 and the smaller set ({min(len(a), len(b))}), got {size}")
+    rng = np.random.default_rng(seed)
+    values = np.array([
+        fid_from_features(a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)])
+        for _ in range(n_subsets)
+    ])
+    tail = (1.0 - ci) / 2.0 * 100.0
+    return {
+        "value": float(values.mean()), "std": float(values.std(ddof=1)) if n_subsets > 1 else 0.0,
+        "ci_low": float(np.percentile(values, tail)), "ci_high": float(np.percentile(values, 100.0 - tail)),
+        "ci_level": ci, "ci_method": f"central interval of FID over {n_subsets} random subsets of {size} per set",
+        "size": size, "n_subsets": n_subsets,
+    }
+
+
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 

@@ -1,29 +1,28 @@
-"""Evaluate a shipped generator against real held-out radiographs and write `outputs/metrics/<model>.json`.
+"""Evaluate a generator family against real held-out radiographs and write `outputs/metrics/<model>.json`.
 
     python -m xray_generator evaluate --model ldm --n 1000
+    python -m xray_generator evaluate --model dcgan_conditional --n 1000      # any family in the registry
 
 What it measures (all in the domain feature space of our chest X-ray classifier, `weights/classifier`):
 
 - FID and KID between generated images and one half of the real held-out images, next to the
   same metric between the two real halves (the real-vs-real floor), at equal sample sizes;
 - precision, recall, density and coverage (k = 5), with the same floor;
-- condition fidelity: the classifier's AUROC for a finding on images generated for prompts that
-  name it, next to its AUROC on real test images;
-- diversity: intra-prompt MS-SSIM (4 samples per prompt, 6 pairs) next to random real pairs
-  sharing a label;
+- condition fidelity (families with conditions): the classifier's AUROC for a finding on images
+  generated for requests that name it, next to its AUROC on real test images;
+- diversity: intra-prompt MS-SSIM (8 prompt slots x 4 samples = 48 pairs) next to random real
+  pairs sharing a label;
 - memorisation: each generated image's nearest training image (in feature space and by pixel
-  correlation); the share above 0.95 pixel correlation, and the worst pairs as an image.
+  correlation); the share above 0.95 pixel correlation, and the worst pairs as an image;
+- for the image-to-image CVAE also its paired metrics (`xray_generator.evaluation.translation`).
 
-Prompts come from the metadata of the real held-out images (val + test splits, never trained
-on by the generator), so generated and real sets share their label, age and view mix.
-Generated images are cached on disk by (weights hash, sampler settings, seed): an interrupted
-run resumes where it stopped.
+Which images each family is asked for, and the disk cache that makes a rerun resume, are in
+`xray_generator.evaluation.samples`; the metrics here are the same for every family. The settings
+record each family's parameter count and time per image.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import textwrap
 import time
@@ -33,47 +32,47 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import pandas as pd
-import torch
-from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest, split_labels
-from xray_generator.data.prompts import age_group, prompt_variants
-from xray_generator.evaluation.distribution import fid_with_bootstrap, kernel_inception_distance, prdc
+from xray_generator.data.manifest import load_manifest, split_labels
+from xray_generator.evaluation.distribution import fid_at_fixed_size, fid_with_bootstrap, kernel_inception_distance, prdc
 from xray_generator.evaluation.diversity import intra_prompt_ms_ssim, random_pair_ms_ssim
 from xray_generator.evaluation.fidelity import condition_fidelity_auroc
 from xray_generator.evaluation.memorisation import correlation_vectors, memorisation_rate, nearest_training_images
 from xray_generator.evaluation.report import build_metric, write_metrics_json
-from xray_generator.io import read_png_metadata, read_gray, save_png_with_metadata
-from xray_generator.paths import cache_dir, outputs_dir, weights_dir
+from xray_generator.evaluation.samples import (  # noqa: F401  (generate_cached, settings_key, load_real ... are imported from here by other modules)
+    DIVERSITY_PROMPTS,
+    IMAGE_SIZE,
+    SAMPLES_PER_DIVERSITY_PROMPT,
+    DrawnSamples,
+    check_family_settings,
+    draw_samples,
+    evaluation_prompts,
+    generate_cached,
+    held_out_real,
+    load_real,
+    pipe_weights_sha256,
+    resize_square,
+    settings_key,
+)
+from xray_generator.paths import outputs_dir, weights_dir
 
-IMAGE_SIZE = 256
+# FID is also reported at this N (subsets of a larger run), so a quick rerun of this many images can be checked against it.
+FID_MATCHED_N = 200
+
 # Findings whose condition fidelity is measured: (metric name, positive labels, negative labels).
 # Pneumonia counts every pneumonia subtype; the negatives are images labelled Normal.
 FIDELITY_TASKS = (
     ("pneumonia_vs_normal", ("Pneumonia", "Bacterial pneumonia", "Viral pneumonia"), ("Normal",)),
     ("covid19_vs_rest", ("COVID-19",), None),
 )
-# Prompts for the diversity check: one per common finding, with and without an age group.
-DIVERSITY_PROMPTS = (
-    ("Normal", "Normal pediatric chest radiograph, clear lungs."),
-    ("Normal", "Adult PA chest radiograph, no acute cardiopulmonary abnormality."),
-    ("Pneumonia", "Adult PA chest radiograph: right lower lobe pneumonia."),
-    ("Bacterial pneumonia", "Pediatric AP chest radiograph: lobar consolidation consistent with bacterial pneumonia."),
-    ("Viral pneumonia", "Pediatric AP chest radiograph: diffuse interstitial opacities consistent with viral pneumonia."),
-    ("COVID-19", "Bilateral peripheral ground-glass opacities consistent with COVID-19."),
-    ("COVID-19", "Adult AP chest radiograph, multifocal patchy opacities, COVID-19."),
-    ("Normal", "Normal chest radiograph."),
-)
-SAMPLES_PER_DIVERSITY_PROMPT = 4
 
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    n: int = 1000
+    n: int = 1000  # generated images (the CVAE: source films translated, at most the held-out ones there are)
     seed: int = 0
-    sampler: str | None = None  # None: the model's defaults
+    sampler: str | None = None  # None: the model's defaults; sampler, steps, guidance and batch_size apply to ldm only
     steps: int | None = None
     guidance: float | None = None
     batch_size: int = 8
@@ -82,92 +81,6 @@ class EvaluationSettings:
     memorisation_threshold: float = 0.95
     diversity_prompts: int = len(DIVERSITY_PROMPTS)
     inception_weights: str | None = None  # a local safetensors InceptionV3 state dict, for Inception FID
-
-
-def held_out_real(manifest: Manifest) -> pd.DataFrame:
-    """The real images the generator never trained on: val and test splits."""
-    table = manifest.table
-    return table[table["split"].isin(["val", "test"])].reset_index(drop=True)
-
-
-def evaluation_prompts(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """`n` (prompt, labels, seed) rows drawn from held-out metadata; prompts without note text.
-
-    Rows are cycled in a seeded order, so n > len(rows) repeats metadata with new seeds and a
-    different wording.
-    """
-    order = np.random.default_rng(seed).permutation(len(rows))
-    records = []
-    for i in range(n):
-        row = rows.iloc[order[i % len(rows)]]
-        # Variants 0 and 1 never quote the clinical note: a generator should not need a real report.
-        variant = (i // len(rows)) % 2
-        records.append({
-            "seed": seed + i, "prompt": prompt_variants(row, count=2)[variant], "labels": row["labels"],
-            "source_image_id": row["image_id"], "age_group": age_group(row)[0],
-        })
-    return pd.DataFrame(records)
-
-
-def resize_square(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Real images to the generator's size, so pixel metrics compare like with like."""
-    if image.shape == (size, size):
-        return image
-    shrinking = max(image.shape) > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
-def load_real(table: pd.DataFrame, data_dir: Path | None = None) -> list[np.ndarray]:
-    manifest = load_manifest(data_dir)
-    manifest.table = table
-    return [resize_square(im).astype(np.float32) / 255.0 for im in load_images_uint8(manifest)]
-
-
-def settings_key(pipe, settings: EvaluationSettings) -> str:
-    defaults = pipe.generation_defaults
-    sampler_settings = {
-        "sampler": settings.sampler or defaults["sampler"],
-        "steps": settings.steps or defaults["num_inference_steps"],
-        "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
-    }
-    digest = hashlib.sha256(json.dumps(sampler_settings, sort_keys=True).encode()).hexdigest()[:10]
-    return f"{pipe.weights_hash}_{digest}"
-
-
-def generate_cached(pipe, prompts: Sequence[str], seeds: Sequence[int], folder: Path, settings: EvaluationSettings, desc: str) -> list[np.ndarray]:
-    """Generate one image per (prompt, seed), reusing images already on disk with the same prompt.
-
-    Each image's initial noise comes from its own seed, so an image does not depend on which
-    others share its batch (up to bf16 rounding of batched matrix products).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    images: list[np.ndarray | None] = [None] * len(prompts)
-    todo = []
-    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
-        path = folder / f"{seed:06d}.png"
-        if path.is_file():
-            try:
-                if read_png_metadata(path).get("prompt") == prompt:
-                    images[i] = read_gray(path)
-                    continue
-            except (OSError, ValueError):
-                pass  # a damaged cache file is regenerated
-        todo.append(i)
-    shape = (1, pipe.unet.config.in_channels, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
-    with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, mininterval=10, file=sys.stderr) as bar:
-        for start in range(0, len(todo), settings.batch_size):
-            batch = todo[start:start + settings.batch_size]
-            latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seeds[i])) for i in batch])
-            result = pipe(
-                [prompts[i] for i in batch], latents=latents, seed=seeds[batch[0]],
-                num_inference_steps=settings.steps, guidance_scale=settings.guidance, sampler=settings.sampler,
-            )
-            for i, image, metadata in zip(batch, result.images, result.metadata):
-                metadata = {**metadata, "seed": seeds[i], "index_in_batch": 0, "evaluation_batch": len(batch)}
-                save_png_with_metadata(image, folder / f"{seeds[i]:06d}.png", metadata)
-                images[i] = read_gray(folder / f"{seeds[i]:06d}.png")  # the 8-bit PNG, as a user would get it
-            bar.update(len(batch))
-    return images  # type: ignore[return-value]
 
 
 def has_any(labels: str, wanted: Sequence[str]) -> bool:
@@ -226,7 +139,8 @@ def plot_against_floor(metrics: list[dict], path: Path, model: str) -> None:
         values = [metric["value"], metric["floor"]["value"]]
         errors = [[0, 0], [0, 0]]
         if metric["ci"]:
-            errors = [[metric["value"] - metric["ci"]["low"], 0], [metric["ci"]["high"] - metric["value"], 0]]
+            # A basic-bootstrap interval (FID) need not contain its value on small samples: no negative bar then.
+            errors = [[max(metric["value"] - metric["ci"]["low"], 0.0), 0], [max(metric["ci"]["high"] - metric["value"], 0.0), 0]]
         ax.bar([0, 1], values, color=["#4c72b0", "#999999"], yerr=errors, capsize=3)
         ax.set_xticks([0, 1], [model, "real vs real"], fontsize=7)
         ax.set_title(textwrap.fill(metric["name"].replace("_", " "), 22), fontsize=7)
@@ -237,45 +151,38 @@ def plot_against_floor(metrics: list[dict], path: Path, model: str) -> None:
     plt.close(fig)
 
 
-def evaluate(
-    model: str = "ldm",
-    settings: EvaluationSettings = EvaluationSettings(),
-    classifier_folder: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    data_dir: str | Path | None = None,
-    pipe=None,
-) -> dict:
-    """Run every metric for one generator; write the metrics JSON, plots and example images."""
-    from xray_generator.models.classifier import load_classifier
-    from xray_generator.pipelines.registry import load_generator
+def single_threaded_blas():
+    """A context in which numpy's OpenBLAS runs one thread.
 
-    started = time.time()
-    out_dir = Path(out_dir) if out_dir is not None else outputs_dir() / "metrics"
-    pipe = pipe if pipe is not None else load_generator(model)
-    classifier = load_classifier(Path(classifier_folder) if classifier_folder else weights_dir() / "classifier")
-    extract = classifier.feature_extractor
-    manifest = load_manifest(data_dir)
+    Once torch has run its OpenMP pool, a two-thread OpenBLAS `eigh` of a 512-d covariance took
+    3.8 s instead of 0.05 s on our 2-core machine (the two pools oversubscribe the cores), and the
+    FID bootstraps make hundreds of them. torch's own threads are not affected.
+    """
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
 
-    # Real held-out images, and the prompts built from their metadata.
-    held_out = held_out_real(manifest)
-    real = load_real(held_out, data_dir)
-    plan = evaluation_prompts(held_out, settings.n, settings.seed)
-    cache = cache_dir() / "evaluation" / model / settings_key(pipe, settings)
-    generated = generate_cached(pipe, plan["prompt"].tolist(), plan["seed"].tolist(), cache, settings, f"{model}: generating")
+    return threadpool_limits(limits=1, user_api="blas")
 
-    real_features, generated_features = extract(real), extract(generated)
-    # Disjoint real halves: A is the floor's reference, B is the reference for the model, so the
-    # model and the floor are measured at the same N against the same images.
-    # With fewer generated images than half the real set, every set is cut to the same N.
-    order = np.random.default_rng(settings.seed).permutation(len(real))
-    half = min(len(real) // 2, len(generated))
-    real_a, real_b = real_features[order[:half]], real_features[order[len(real) // 2:len(real) // 2 + half]]
-    gen_half = generated_features[:half]
+
+def real_halves(n_real: int, n_generated: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint real halves A and B, each cut to the number of generated images if that is smaller.
+
+    A is the floor's reference and B the model's, so the model and the floor are measured at
+    the same N against the same images.
+    """
+    order = np.random.default_rng(seed).permutation(n_real)
+    half = min(n_real // 2, n_generated)
+    return order[:half], order[n_real // 2:n_real // 2 + half]
+
+
+def distribution_metrics(real_features: np.ndarray, generated_features: np.ndarray, settings: EvaluationSettings) -> list[dict]:
+    """FID (bootstrap CI), KID and PRDC of the generated images against real half B, each next to A vs B (the floor)."""
+    index_a, index_b = real_halves(len(real_features), len(generated_features), settings.seed)
+    half = len(index_a)
+    real_a, real_b, gen_half = real_features[index_a], real_features[index_b], generated_features[:half]
     n_pair = {"generated": half, "real": half}
     floor_n = {"a": half, "b": half}
     floor_method = f"real vs real: disjoint random halves of the held-out images (seed {settings.seed})"
     metrics = []
-
     fid = fid_with_bootstrap(gen_half, real_b, n_boot=settings.n_boot, seed=settings.seed)
     fid_floor = fid_with_bootstrap(real_a, real_b, n_boot=settings.n_boot, seed=settings.seed)
     metrics.append(build_metric(
@@ -284,6 +191,16 @@ def evaluate(
         extra={"feature_space": "classifier penultimate", "ratio_to_floor": fid["value"] / max(fid_floor["value"], 1e-12),
                "value_bias_corrected": fid["value_bias_corrected"], "n_boot": settings.n_boot},
     ))
+    if half > FID_MATCHED_N:
+        # FID at a fixed, smaller N: the yardstick a quick rerun (scripts/check_metrics_subset.py) is held to.
+        matched = fid_at_fixed_size(gen_half, real_b, FID_MATCHED_N, seed=settings.seed)
+        matched_floor = fid_at_fixed_size(real_a, real_b, FID_MATCHED_N, seed=settings.seed)
+        metrics.append(build_metric(
+            f"fid_at_{FID_MATCHED_N}", matched["value"], {"generated": FID_MATCHED_N, "real": FID_MATCHED_N}, ci=matched,
+            floor={"value": matched_floor["value"], "n": {"a": FID_MATCHED_N, "b": FID_MATCHED_N}, "ci": matched_floor, "method": floor_method},
+            extra={"feature_space": "classifier penultimate", "std_over_subsets": matched["std"], "n_subsets": matched["n_subsets"],
+                   "drawn_from": n_pair},
+        ))
     kid = kernel_inception_distance(gen_half, real_b, n_subsets=settings.kid_subsets, seed=settings.seed)
     kid_floor = kernel_inception_distance(real_a, real_b, n_subsets=settings.kid_subsets, seed=settings.seed)
     metrics.append(build_metric(
@@ -299,68 +216,90 @@ def evaluate(
             floor={"value": pr_floor[name], "n": floor_n, "method": floor_method + "; half A scored as if generated"},
             extra={"k": 5},
         ))
+    return metrics
 
-    if settings.inception_weights:
-        # Inception FID makes our numbers comparable with the literature; only with local weights.
-        from xray_generator.evaluation.features import inception_feature_extractor
 
-        inception = inception_feature_extractor(settings.inception_weights)
-        inc_real, inc_gen = inception(real), inception(generated[:half])
-        inc_b = inc_real[order[len(real) // 2:len(real) // 2 + half]]
-        inc_fid = fid_with_bootstrap(inc_gen, inc_b, n_boot=settings.n_boot, seed=settings.seed)
-        inc_floor = fid_with_bootstrap(inc_real[order[:half]], inc_b, n_boot=settings.n_boot, seed=settings.seed)
-        metrics.append(build_metric(
-            "fid_inception", inc_fid["value"], n_pair, ci=inc_fid,
-            floor={"value": inc_floor["value"], "n": floor_n, "ci": inc_floor, "method": floor_method},
-            extra={"feature_space": "InceptionV3 pool (2048-d)", "features": inception.settings},
-        ))
+def inception_fid_metric(real: Sequence[np.ndarray], generated: Sequence[np.ndarray], settings: EvaluationSettings) -> dict:
+    """FID in InceptionV3 features (comparable with the literature), on the same halves; only with local weights."""
+    from xray_generator.evaluation.features import inception_feature_extractor
 
-    # Condition fidelity: generated images scored by the classifier trained on real images only.
-    generated_probs = classifier.predict_proba(generated)
-    test_rows = held_out[held_out["split"] == "test"].reset_index(drop=True)
-    test_index = np.flatnonzero(held_out["split"].to_numpy() == "test")
-    real_test_probs = classifier.predict_proba([real[i] for i in test_index])
+    inception = inception_feature_extractor(settings.inception_weights)
+    index_a, index_b = real_halves(len(real), len(generated), settings.seed)
+    half = len(index_a)
+    inc_real, inc_gen = inception(real), inception(generated[:half])
+    inc_fid = fid_with_bootstrap(inc_gen, inc_real[index_b], n_boot=settings.n_boot, seed=settings.seed)
+    inc_floor = fid_with_bootstrap(inc_real[index_a], inc_real[index_b], n_boot=settings.n_boot, seed=settings.seed)
+    return build_metric(
+        "fid_inception", inc_fid["value"], {"generated": half, "real": half}, ci=inc_fid,
+        floor={"value": inc_floor["value"], "n": {"a": half, "b": half}, "ci": inc_floor,
+               "method": f"real vs real: disjoint random halves of the held-out images (seed {settings.seed})"},
+        extra={"feature_space": "InceptionV3 pool (2048-d)", "features": inception.settings},
+    )
+
+
+def fidelity_metrics(classifier, drawn: DrawnSamples, settings: EvaluationSettings) -> list[dict]:
+    """Condition fidelity: images generated for a finding, scored by the classifier trained on real images only, next to real test films."""
+    if not drawn.fidelity_images:
+        return []  # an unconditional family: nothing was asked for
+    generated_probs = classifier.predict_proba(drawn.fidelity_images)
+    test_index = np.flatnonzero(drawn.real_rows["split"].to_numpy() == "test")
+    test_labels = drawn.real_rows["labels"].iloc[test_index].tolist()
+    real_test_probs = classifier.predict_proba([drawn.real[i] for i in test_index]) if len(test_index) else None
+    metrics = []
     for name, positives, negatives in FIDELITY_TASKS:
-        gen_y = fidelity_labels(plan["labels"].tolist(), positives, negatives)
-        real_y = fidelity_labels(test_rows["labels"].tolist(), positives, negatives)
+        gen_y = fidelity_labels(drawn.fidelity_requested, positives, negatives)
+        real_y = fidelity_labels(test_labels, positives, negatives)
         gen_keep, real_keep = gen_y >= 0, real_y >= 0
         if min(gen_y[gen_keep].sum(), (gen_y[gen_keep] == 0).sum(), real_y[real_keep].sum(), (real_y[real_keep] == 0).sum()) < 2:
             continue  # too few of one class to rank
         gen_auc = condition_fidelity_auroc(classifier_score(classifier, generated_probs, positives)[gen_keep], gen_y[gen_keep], n_boot=settings.n_boot, seed=settings.seed)
         real_auc = condition_fidelity_auroc(classifier_score(classifier, real_test_probs, positives)[real_keep], real_y[real_keep], n_boot=settings.n_boot, seed=settings.seed)
+        extra = {"positives": list(positives), "negatives": list(negatives) if negatives else "all other labels",
+                 "gap_to_real": real_auc["value"] - gen_auc["value"]}
+        if drawn.kind != "text-to-image":
+            extra["requested"] = ("the class names asked for; a request is positive or negative by that name alone"
+                                  if drawn.kind == "noise-to-image" else
+                                  "each source film translated (positive) and reconstructed (negative): pairs share the anatomy, only the label differs")
         metrics.append(build_metric(
             f"condition_fidelity_auroc_{name}", gen_auc["value"],
             {"generated_positive": gen_auc["n_positive"], "generated_negative": gen_auc["n_negative"]}, ci=gen_auc,
             floor={"value": real_auc["value"], "n": {"real_test_positive": real_auc["n_positive"], "real_test_negative": real_auc["n_negative"]},
                    "ci": real_auc, "method": "the same classifier's AUROC on real test images (the reference, not a lower bound)"},
-            extra={"positives": list(positives), "negatives": list(negatives) if negatives else "all other labels",
-                   "gap_to_real": real_auc["value"] - gen_auc["value"]},
+            extra=extra,
         ))
+    return metrics
 
-    # Diversity: samples of one prompt should differ about as much as real images sharing a label.
-    diversity_groups = []
-    diversity_prompts = DIVERSITY_PROMPTS[:settings.diversity_prompts]
-    for p, (label, prompt) in enumerate(diversity_prompts):
-        seeds = [settings.seed + 10_000_000 + p * 100 + s for s in range(SAMPLES_PER_DIVERSITY_PROMPT)]
-        diversity_groups.append(generate_cached(pipe, [prompt] * len(seeds), seeds, cache, settings, f"{model}: diversity {p + 1}/{len(diversity_prompts)}"))
-    intra = intra_prompt_ms_ssim(diversity_groups, n_boot=settings.n_boot, seed=settings.seed)
+
+def diversity_metric(drawn: DrawnSamples, settings: EvaluationSettings) -> dict:
+    """Samples of one prompt slot should differ about as much as real images sharing a label."""
+    window = drawn.ms_ssim_window
+    intra = intra_prompt_ms_ssim(drawn.diversity_groups, win_size=window, n_boot=settings.n_boot, seed=settings.seed)
     reference_values, reference_pairs = [], 0
-    for label in sorted({label for label, _ in diversity_prompts}):
-        same_label = [real[i] for i in range(len(real)) if label in split_labels(held_out["labels"].iloc[i])]
-        if len(same_label) >= 2:
-            ref = random_pair_ms_ssim(same_label, n_pairs=200, seed=settings.seed, n_boot=settings.n_boot)
+    for _, indices in drawn.diversity_reference:
+        if len(indices) >= 2:
+            ref = random_pair_ms_ssim([drawn.real[i] for i in indices], n_pairs=200, seed=settings.seed, n_boot=settings.n_boot, win_size=window)
             reference_values.append(ref["value"] * ref["n_pairs"])
             reference_pairs += ref["n_pairs"]
-    reference = sum(reference_values) / reference_pairs
-    metrics.append(build_metric(
+    floor = None
+    if reference_pairs:
+        floor = {"value": sum(reference_values) / reference_pairs, "n": {"real_pairs": reference_pairs},
+                 "method": "MS-SSIM of random real held-out pairs sharing a label (pair-weighted over the prompts' labels); lower means more diverse"}
+    extra = {"samples_per_prompt": SAMPLES_PER_DIVERSITY_PROMPT, "prompts": drawn.diversity_requests}
+    if drawn.kind != "text-to-image":
+        extra["reference_labels"] = [label for label, _ in drawn.diversity_reference]
+        extra["win_size"] = window
+        if drawn.kind == "image-to-image":
+            extra["note"] = ("a prompt slot is one source film: its samples are latent draws that share the source's anatomy "
+                             "by design, so this measures how much the latent varies, not mode collapse")
+    return build_metric(
         "diversity_intra_prompt_ms_ssim", intra["value"], {"prompts": intra["n_groups"], "pairs": intra["n_pairs"]}, ci=intra,
-        floor={"value": reference, "n": {"real_pairs": reference_pairs},
-               "method": "MS-SSIM of random real held-out pairs sharing a label (pair-weighted over the prompts' labels); lower means more diverse"},
-        extra={"samples_per_prompt": SAMPLES_PER_DIVERSITY_PROMPT, "prompts": [p for _, p in diversity_prompts]},
-    ))
+        floor=floor, extra=extra,
+    )
 
-    # Memorisation: nearest training image by pixel correlation, and by classifier features.
-    train = manifest.query(split="train")
+
+def memorisation_metric(drawn: DrawnSamples, generated_features: np.ndarray, train, extract, settings: EvaluationSettings) -> tuple[dict, list[np.ndarray]]:
+    """Nearest training image by pixel correlation and by classifier features: the metric, and the 8 worst pairs as images (generated, training)."""
+    generated = drawn.generated
     train_images = load_images_uint8(train)
     nearest = nearest_training_images(generated, train_images)
     train_features = np.concatenate([
@@ -374,11 +313,11 @@ def evaluate(
     worst = np.argsort(-nearest["correlation"])[:8]
     train_table = train.table.reset_index(drop=True)
     worst_pairs = [{
-        "generated_seed": int(plan["seed"].iloc[i]), "prompt": plan["prompt"].iloc[i],
+        "generated_seed": int(drawn.requests["seed"].iloc[i]), "prompt": drawn.requests["request"].iloc[i],
         "train_image_id": train_table["image_id"].iloc[nearest["index"][i]], "source": train_table["source"].iloc[nearest["index"][i]],
         "license": train_table["license"].iloc[nearest["index"][i]], "pixel_correlation": float(nearest["correlation"][i]),
     } for i in worst]
-    metrics.append(build_metric(
+    metric = build_metric(
         "memorisation_rate", rate["value"], {"generated": len(generated), "training": len(train_images)}, ci=rate,
         extra={"threshold": settings.memorisation_threshold, "n_flagged": rate["n_flagged"],
                "max_pixel_correlation": float(nearest["correlation"].max()),
@@ -386,7 +325,49 @@ def evaluate(
                "feature_nearest_rate": float((feature_nn_corr >= settings.memorisation_threshold).mean()),
                "feature_nearest_median_correlation": float(np.median(feature_nn_corr)),
                "worst_pairs": worst_pairs},
-    ))
+    )
+    pairs = [im for i in worst for im in (generated[i], train_images[nearest["index"][i]].astype(np.float32) / 255.0)]
+    return metric, pairs
+
+
+def evaluate(
+    model: str = "ldm",
+    settings: EvaluationSettings = EvaluationSettings(),
+    classifier_folder: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    pipe=None,
+) -> dict:
+    """Run every metric for one generator family; write the metrics JSON, plots and example images.
+
+    `pipe` is an already loaded generator of family `model` (default: `load_generator(model)`).
+    """
+    from xray_generator.models.classifier import load_classifier
+    from xray_generator.pipelines.registry import load_generator
+
+    started = time.time()
+    check_family_settings(model, settings)
+    out_dir = Path(out_dir) if out_dir is not None else outputs_dir() / "metrics"
+    generator = pipe if pipe is not None else load_generator(model)
+    classifier = load_classifier(Path(classifier_folder) if classifier_folder else weights_dir() / "classifier")
+    extract = classifier.feature_extractor
+    manifest = load_manifest(data_dir)
+
+    # The images judged: generated ones, and the real held-out films of the family's data at its size.
+    drawn = draw_samples(model, generator, held_out_real(manifest), settings, data_dir, classifier)
+    real, generated = drawn.real, drawn.generated
+    reference = [real[i] for i in np.flatnonzero(drawn.reference)]
+    real_features, generated_features = extract(reference), extract(generated)
+
+    with single_threaded_blas():
+        metrics = distribution_metrics(real_features, generated_features, settings)
+        if settings.inception_weights:
+            metrics.append(inception_fid_metric(reference, generated, settings))
+        metrics += fidelity_metrics(classifier, drawn, settings)
+        metrics.append(diversity_metric(drawn, settings))
+        memorisation, worst_pairs = memorisation_metric(drawn, generated_features, manifest.query(split="train"), extract, settings)
+        metrics.append(memorisation)
+    metrics += drawn.extra_metrics
 
     # Plots and example images for the dashboards.
     from PIL import Image
@@ -396,28 +377,28 @@ def evaluate(
     def write_png(array: np.ndarray, path: Path) -> None:
         atomic_write(path, lambda handle: Image.fromarray(array, mode="L").save(handle, format="PNG"), make_parents=True)
 
-    write_png(image_grid(generated[:32], columns=8), out_dir / f"{model}_samples.png")
-    pairs = [im for i in worst for im in (generated[i], train_images[nearest["index"][i]].astype(np.float32) / 255.0)]
-    write_png(image_grid(pairs, columns=4), out_dir / f"{model}_memorisation_pairs.png")
-    write_png(image_grid([im for group in diversity_groups for im in group], columns=SAMPLES_PER_DIVERSITY_PROMPT), out_dir / f"{model}_diversity.png")
-    plot_against_floor(metrics, out_dir / f"{model}_vs_floor.png", model)
+    images = {"samples": f"{model}_samples.png", "memorisation_pairs": f"{model}_memorisation_pairs.png",
+              "diversity": f"{model}_diversity.png", "vs_floor": f"{model}_vs_floor.png"}
+    write_png(image_grid(generated[:32], columns=8), out_dir / images["samples"])
+    write_png(image_grid(worst_pairs, columns=4), out_dir / images["memorisation_pairs"])
+    write_png(image_grid([im for group in drawn.diversity_groups for im in group], columns=SAMPLES_PER_DIVERSITY_PROMPT), out_dir / images["diversity"])
+    plot_against_floor(metrics, out_dir / images["vs_floor"], model)
+    for name, write in drawn.extra_images.items():
+        images[name] = f"{model}_{name}.png"
+        write(out_dir / images[name])
 
-    defaults = pipe.generation_defaults
     document = write_metrics_json(
         out_dir / f"{model}.json", model=model,
         settings={
-            **asdict(settings),
-            "sampler": settings.sampler or defaults["sampler"], "steps": settings.steps or defaults["num_inference_steps"],
-            "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
+            **asdict(settings), **drawn.settings,
             "features": extract.settings, "classifier_labels": list(classifier.labels),
-            "n_generated": len(generated), "n_real_held_out": len(real), "n_real_test": len(test_index),
-            "prompts": "one per held-out image's metadata (val + test), prompt variants 0/1, no clinical-note text",
-            "images": {"samples": f"{model}_samples.png", "memorisation_pairs": f"{model}_memorisation_pairs.png",
-                       "diversity": f"{model}_diversity.png", "vs_floor": f"{model}_vs_floor.png"},
+            "n_generated": len(generated), "n_real_held_out": len(real), "n_real_reference": len(reference),
+            "n_real_test": int((drawn.real_rows["split"] == "test").sum()),
+            "images": images,
             "wall_seconds": round(time.time() - started, 1),
             "inception": "computed (fid_inception)" if settings.inception_weights else "not computed: no local InceptionV3 weights (pass --inception-weights to add Inception FID)",
         },
-        weights_sha256=pipe_weights_sha256(pipe), metrics=metrics,
+        weights_sha256=drawn.weights_sha256, metrics=metrics,
     )
     return document
 
@@ -433,24 +414,17 @@ def feature_nearest(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
-def pipe_weights_sha256(pipe) -> str | None:
-    """SHA-256 of the generator's MANIFEST.json: one hash that pins every weights file."""
-    from xray_generator.weights import sha256_file
-
-    folder = getattr(pipe, "weights_folder", None)
-    if folder is None or not (Path(folder) / "MANIFEST.json").is_file():
-        return None
-    return sha256_file(Path(folder) / "MANIFEST.json")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="ldm", help="generator family in weights/ (default ldm)")
-    parser.add_argument("--n", type=int, default=1000, help="generated images for the distribution metrics (default 1000)")
+    from xray_generator.pipelines.registry import GENERATOR_FAMILIES
+
+    parser.add_argument("--model", default="ldm", help=f"generator family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
+    parser.add_argument("--n", type=int, default=1000,
+                        help="generated images for the distribution metrics (default 1000; the CVAE translates at most the held-out Normal films there are)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
-    parser.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (ldm only; default: the model's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (ldm only; default: the model's)")
+    parser.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None, help="ldm only")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per sampler call (ldm only)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the CIs (default 200)")
     parser.add_argument("--classifier", default=None, help="classifier weights folder (default weights/classifier)")
     parser.add_argument("--inception-weights", default=None, help="local InceptionV3 safetensors, adds Inception FID")
@@ -465,6 +439,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
         batch_size=args.batch_size, n_boot=args.n_boot, inception_weights=args.inception_weights,
     )
+    check_family_settings(args.model, settings)  # before any weights load
     document = evaluate(args.model, settings, classifier_folder=args.classifier, out_dir=args.out, data_dir=args.data_dir)
     for metric in document["metrics"]:
         floor = f"  floor {metric['floor']['value']:.4g}" if metric["floor"] else ""

@@ -9,6 +9,7 @@ support, plus attributes derived from the metadata (``Pediatric``).
     loaded.predict_proba(images)                     # (N, L) probabilities
     loaded.feature_extractor(images)                 # (N, D) penultimate features
     grad_cam(loaded, image, "COVID-19")              # (H, W) heatmap in [0, 1]
+    classifier_for_inference(model, config, "fold-0")  # the same wrapper for a network trained in memory
 """
 from __future__ import annotations
 
@@ -230,20 +231,31 @@ def load_classifier(folder: str | Path, batch_size: int = 32) -> LoadedClassifie
         model.load_state_dict(load_file(str(folder / WEIGHTS_NAME)))
     except RuntimeError as error:
         raise WeightsError(f"{folder / WEIGHTS_NAME} does not fit the classifier in {CONFIG_NAME}: {error}") from error
-    model.eval()
-    model_cfg = config["model"]
-    size = model_cfg["input_size"]
-    mean, std = (float(model_cfg["mean"]),), (float(model_cfg["std"]),)
     # The model file's sha256, not the manifest hash: rewriting the model card changes the manifest
     # but not the features, and features are comparable exactly when this hash matches.
-    settings = {
-        "network": f"cxr classifier {model_cfg.get('arch', 'resnet18')} penultimate ({model.feature_dim}-d)",
-        "weights_sha256": sha256_file(folder / WEIGHTS_NAME),
-    }
+    return classifier_for_inference(model, config, weights_hash, sha256_file(folder / WEIGHTS_NAME), batch_size)
+
+
+def classifier_for_inference(
+    model: ChestXrayClassifier, config: dict, weights_hash: str, weights_sha256: str | None = None, batch_size: int = 32
+) -> LoadedClassifier:
+    """Wrap a classifier for inference (eval mode, float32), as `load_classifier` does a verified folder.
+
+    Also for networks trained in memory (the augmentation experiment's fold models), so that
+    `grad_cam` and `predict_proba` need no round trip through disk. ``config["model"]`` (or
+    `config` itself) gives ``input_size``, ``mean`` and ``std``; `weights_hash` and
+    `weights_sha256` only label the result (``weights_sha256`` goes into the feature settings).
+    """
+    model.eval()
+    model_cfg = config.get("model", config)
+    size = model_cfg["input_size"]
+    mean, std = (float(model_cfg["mean"]),), (float(model_cfg["std"]),)
+    arch = model_cfg.get("arch", "resnet18")
+    settings = {"network": f"cxr classifier {arch} penultimate ({model.feature_dim}-d)", "weights_sha256": weights_sha256}
     features = TorchFeatureExtractor(model.backbone, input_size=size, mean=mean, std=std, channels=1, batch_size=batch_size, settings=settings)
     probabilities = TorchFeatureExtractor(
         nn.Sequential(model, nn.Sigmoid()), input_size=size, mean=mean, std=std, channels=1, batch_size=batch_size,
-        settings={**settings, "network": f"cxr classifier {model_cfg.get('arch', 'resnet18')} probabilities"},
+        settings={**settings, "network": f"cxr classifier {arch} probabilities"},
     )
     return LoadedClassifier(model, model.labels, features.input_size, features, config, weights_hash, probabilities)
 

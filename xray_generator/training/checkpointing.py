@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -183,3 +183,31 @@ class EMA:
 
     def copy_to(self, module: torch.nn.Module) -> None:
         module.load_state_dict({**module.state_dict(), **{k: v.to(module.state_dict()[k].dtype) for k, v in self.shadow.items()}})
+
+
+def latest_ema_model(run_dir: str | Path, build: Callable[[dict], torch.nn.Module], snapshot: str = "ema") -> tuple[torch.nn.Module, dict, dict]:
+    """(model, checkpoint state, run config): `build(config)` loaded with the latest checkpoint's `snapshot` EMA weights.
+
+    The exporters' common start: what ships is an EMA snapshot, never the raw training weights.
+    """
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    latest = CheckpointDir(run_dir).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    model = build(config)
+    ema = EMA(model)
+    ema.load_state_dict(load_file(str(latest / f"{snapshot}.safetensors")))
+    ema.copy_to(model)
+    return model, json.loads((latest / "state.json").read_text()), config
+
+
+def add_train_command(subparsers, help: str, run_help: str = "run folder for checkpoints and the loss log"):
+    """The `train` subcommand every trainer shares: one config, one run folder, resumable, time-boxed."""
+    train = subparsers.add_parser("train", help=help)
+    train.add_argument("--config", required=True)
+    train.add_argument("--run", required=True, help=run_help)
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
+    train.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) when this much time has passed")
+    train.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
+    return train

@@ -41,7 +41,7 @@ from xray_generator.models.classifier import (
     resize_images,
 )
 from xray_generator.paths import cache_dir as default_cache_dir
-from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
 from xray_generator.weights import replace_folder_atomically, write_manifest
 
 METRICS_NAME = "test_metrics.json"
@@ -467,12 +467,7 @@ def model_card(metrics: dict, config: dict, title: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train (or resume) the classifier")
-    train.add_argument("--config", required=True)
-    train.add_argument("--run", required=True, help="run folder for checkpoints and the loss log")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    train.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) when this much time has passed")
-    train.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
+    add_train_command(sub, help="train (or resume) the classifier")
     export = sub.add_parser("export", help="write the chosen weights as a classifier folder, then evaluate on the test split")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)

@@ -26,7 +26,7 @@ from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.models.autoencoder import build_autoencoder
-from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog
+from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command
 from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
@@ -210,12 +210,7 @@ def export_autoencoder(run_dir: str | Path, out_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train (or resume) the autoencoder")
-    train.add_argument("--config", required=True)
-    train.add_argument("--run", required=True, help="run folder for checkpoints and the loss log")
-    train.add_argument("--resume", action="store_true", help="continue from the run folder's latest checkpoint")
-    train.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) when this much time has passed")
-    train.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
+    add_train_command(sub, help="train (or resume) the autoencoder")
     export = sub.add_parser("export", help="write the latest EMA weights as a diffusers AutoencoderKL folder")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
