@@ -57,3 +57,33 @@ def test_shipped_classifier_verifies_and_tells_sample_findings_apart():
     is_normal = ["Normal" in labels[i] for i in keep]
     assert 0 < sum(is_normal) < len(keep)
     assert roc_auc_score(is_normal, scores[:, classifier.labels.index("Normal")]) > 0.8
+
+
+SHIPPED_FAMILIES = [name for name in available_generators(REPO_ROOT / "weights") if name != "ldm"]
+
+
+@pytest.mark.parametrize("family", SHIPPED_FAMILIES)
+def test_each_shipped_alternative_family_generates_deterministic_radiograph_range_images(family):
+    generator = load_generator(family, REPO_ROOT / "weights")
+    condition = generator.conditions[0] if generator.conditions else None
+    source = None
+    if family == "cvae":
+        from xray_generator.io import read_gray
+
+        source = read_gray(REPO_ROOT / "dataset" / "images" / "pneumonia_kermany_224" / "kermany224_IM-0644-0001.jpeg")
+    images = generator.generate(4, condition=condition, seed=3, source=source)
+    assert images.shape == (4, generator.image_size, generator.image_size) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.05
+    assert np.array_equal(images, generator.generate(4, condition=condition, seed=3, source=source))
+
+
+@pytest.mark.parametrize("family", [f for f in SHIPPED_FAMILIES if f in ("dcgan_conditional", "gmvae_supervised")])
+def test_shipped_class_conditional_families_raise_the_score_of_the_requested_class(family):
+    """Asked for Pneumonia, the family's images score higher for pneumonia with our classifier than when asked for Normal."""
+    from xray_generator.models.classifier import load_classifier
+
+    classifier = load_classifier(REPO_ROOT / "weights" / "classifier")
+    generator = load_generator(family, REPO_ROOT / "weights")
+    column = classifier.labels.index("Pneumonia")
+    scores = {c: classifier.predict_proba(list(generator.generate(32, condition=c, seed=0)))[:, column].mean() for c in ("Normal", "Pneumonia")}
+    assert scores["Pneumonia"] > scores["Normal"] + 0.1, scores
