@@ -1,7 +1,8 @@
 """Benchmark one 256x256 image at the default settings against a seed-style reference, same weights, same run.
 
 Prints median latency, steps/s, model load time and peak RSS for:
-  - default: the shipped settings (DPM-Solver++, pipeline.json steps/guidance, bf16 autocast)
+  - default: the shipped settings (DPM-Solver++, pipeline.json steps/guidance; bf16 autocast where the
+    CPU has native bf16, else fp32: see xray_generator/precision.py)
   - reference: the seed design's setting (DDIM, 50 steps, guidance 10, fp32)
   - edit: one text-guided edit of a real radiograph at the default strength (0.5) and settings
 and the ratio of their medians.
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 
 from xray_generator.io import read_gray  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
+from xray_generator.precision import cpu_has_native_bf16  # noqa: E402
 
 PROMPT = "Adult PA chest radiograph: right lower lobe pneumonia."
 # A normal test-split film from the shipped sample, so the edit runs on a real radiograph.
@@ -70,27 +72,31 @@ def main() -> None:
     rss_default = peak_rss_mb()
     edit_times = time_edits(pipe, read_gray(EDIT_SOURCE), args.repeats)
 
-    pipe.precision = "fp32"
+    default_precision = pipe.precision
+    # The reference loads its own fp32 copy: flipping `precision` on a pipeline whose modules were
+    # already cast to bf16 would run bf16 weights without autocast, not fp32.
+    reference_pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=torch.float32)
     reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0)
-    reference_times = time_calls(pipe, args.reference_repeats, **reference)
-    pipe.precision = "bf16"
+    reference_times = time_calls(reference_pipe, args.reference_repeats, **reference)
+    del reference_pipe
 
     d_med, r_med = statistics.median(default_times), statistics.median(reference_times)
     steps = defaults["num_inference_steps"]
     results = {
         "threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "weights_sha256": pipe.weights_hash,
         "load_seconds": round(load_seconds, 3),
-        "default": {"settings": {**defaults, "precision": "bf16"}, "n": len(default_times), "median_s": round(d_med, 4), "steps_per_s": round(steps / d_med, 2), "all_s": [round(t, 4) for t in default_times]},
+        "default": {"settings": {**defaults, "precision": default_precision}, "n": len(default_times), "median_s": round(d_med, 4), "steps_per_s": round(steps / d_med, 2), "all_s": [round(t, 4) for t in default_times]},
         "reference": {"settings": {**reference, "precision": "fp32"}, "n": len(reference_times), "median_s": round(r_med, 4), "steps_per_s": round(50 / r_med, 2), "all_s": [round(t, 4) for t in reference_times]},
         "speedup": round(r_med / d_med, 2),
-        "edit": {"settings": {**defaults, "strength": 0.5, "precision": "bf16"}, "n": len(edit_times), "median_s": round(statistics.median(edit_times), 4), "all_s": [round(t, 4) for t in edit_times]},
+        "edit": {"settings": {**defaults, "strength": 0.5, "precision": default_precision}, "n": len(edit_times), "median_s": round(statistics.median(edit_times), 4), "all_s": [round(t, 4) for t in edit_times]},
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
-    print(f"threads: {results['threads']}   weights: {pipe.weights_hash}")
+    print(f"threads: {results['threads']}   native bf16: {results['cpu_native_bf16']}   weights: {pipe.weights_hash}")
     print(f"model load:              {load_seconds:.2f} s")
-    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']}, bf16): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
+    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']}, {default_precision}): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")

@@ -45,6 +45,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from xray_generator.precision import cpu_bf16_autocast
 from xray_generator.data.manifest import Manifest, load_manifest, split_labels
 from xray_generator.data.prompts import age_group, prompt_variants
 from xray_generator.paths import cache_dir, outputs_dir, weights_dir
@@ -330,7 +331,7 @@ def train_fold_model(
             lr *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with cpu_bf16_autocast():
                 logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits.float()[:, 0], targets[rows], pos_weight=pos_weight)
             optimizer.zero_grad(set_to_none=True)

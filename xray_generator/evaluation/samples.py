@@ -139,6 +139,9 @@ def settings_key(pipe, settings) -> str:
         "steps": settings.steps or defaults["num_inference_steps"],
         "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
     }
+    if getattr(pipe, "precision", "bf16") != "bf16":
+        # fp32 images (a CPU without native bf16) differ from bf16 ones by rounding: never mix them in one cache.
+        sampler_settings["precision"] = pipe.precision
     digest = hashlib.sha256(json.dumps(sampler_settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{pipe.weights_hash}_{digest}"
 
@@ -340,6 +343,7 @@ def draw_text_to_image(model: str, pipe, held_out: pd.DataFrame, settings, data_
             "parameters": sum(parameters.values()), "parameters_by_part": parameters,
             "seconds_per_image": timing["median_seconds"], "time_per_image": timing,
             "weights_sha256_of": "MANIFEST.json (pins every file of the pipeline)",
+            "precision": getattr(pipe, "precision", "bf16"),
         },
     )
 

@@ -30,6 +30,7 @@ from diffusers import (
 from PIL import Image
 
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
+from xray_generator.precision import cpu_precision
 from xray_generator.weights import WeightsError, replace_folder_atomically, verify_manifest, weights_hash, write_manifest
 
 # Sampler name -> (scheduler class, extra config). Each call builds its own scheduler from the
@@ -139,7 +140,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         self.generation_defaults = dict(DEFAULT_GENERATION)
         self.model_name = "ldm"
         self.weights_hash = "untrained"
-        self.precision = "bf16"
+        # bf16 where the CPU runs it natively; fp32 elsewhere, where emulated bf16 is many times slower.
+        self.precision = cpu_precision("bf16")
 
     @property
     def device(self) -> torch.device:
@@ -205,8 +207,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         pipe.model_name = info.get("model_name", folder.name)
         pipe.weights_hash = digest
         pipe.weights_folder = folder
-        if torch_dtype == torch.float32:
-            pipe.precision = "fp32"
+        if torch_dtype is not None:
+            if torch_dtype not in (torch.float32, torch.bfloat16):
+                raise ValueError(f"torch_dtype must be torch.float32 or torch.bfloat16, got {torch_dtype}")
+            # An explicit dtype is honoured even where bf16 is emulated (e.g. to reproduce a bf16 run).
+            pipe.precision = "fp32" if torch_dtype == torch.float32 else "bf16"
         for module in (vae, unet, projection):
             module.eval().requires_grad_(False)
         if pipe.precision == "bf16":

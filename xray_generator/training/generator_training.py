@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest, split_labels
 from xray_generator.data.preprocessing import prepare_radiograph
@@ -111,7 +112,7 @@ class TrainingRun:
         torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
         torch.manual_seed(train_cfg.get("seed", 0))
         self.config, self.train_cfg = config, train_cfg
-        self.accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointDir(self.run_dir)
@@ -178,6 +179,7 @@ class TrainingRun:
                    build_model: Callable[[dict], nn.Module], ema: EMA) -> bool:
         """Save a checkpoint and the EMA model's sample grid; True when the time budget is spent."""
         self.state.update(self.data_summary, wall_seconds=self.wall_seconds())
+        note_training_precision(self.state, self.accelerator.mixed_precision)
         self.checkpoints.save(self.state["step"], modules, self.state, optimizers)
         self.last_checkpoint = time.time()
         shadow = build_model(self.config["model"])
@@ -272,6 +274,7 @@ class GeneratorTrainer:
             "steps": state["step"],
             "samples_seen": state["samples_seen"],
             "wall_seconds": round(state["wall_seconds"], 1),
+            "mixed_precision_used": state.get("mixed_precision_used"),
             "data": state.get("data"),
             "train_images": state.get("train_images"),
             "final_losses_mean_last_50_logged": mean_last_logged(run_dir / "log.csv", list(self.loss_columns)),
@@ -327,7 +330,7 @@ The train split of `{training.get('data')}` at {size} px ({counts} images).
 No image is flipped left-right (a mirrored chest shows dextrocardia).
 {"An image takes the most specific class it carries (COVID-19 films are also labelled Pneumonia)." if classes else ""}
 
-## Training (CPU, {train_cfg.get('mixed_precision', 'bf16')} autocast)
+## Training (CPU, {training_precision_text(training, train_cfg.get('mixed_precision', 'bf16'))})
 Steps: {training['steps']:,} (batch {train_cfg['batch_size']}), samples seen: {training['samples_seen']:,}, wall time: {training['wall_seconds'] / 60:.1f} min.
 Final losses (mean over the last 50 logged rows): {losses}. Loss log: `training_log.csv`. Exported weights: {training['weights']}.
 

@@ -28,6 +28,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.evaluation.fidelity import bootstrap_ci
@@ -130,7 +131,7 @@ def predict_cached(model, images: torch.Tensor, mean: float, std: float, batch_s
     logits = []
     for start in range(0, len(images), batch_size):
         x = (images[start : start + batch_size, None].float() / 255.0 - mean) / std
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_bf16_autocast():
             logits.append(model(x).float())
     out = torch.cat(logits)
     return out.numpy(), torch.sigmoid(out).numpy()
@@ -141,7 +142,7 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
     train_cfg, data_cfg, model_cfg = config["train"], config["data"], config["model"]
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
     torch.manual_seed(train_cfg.get("seed", 0))
-    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))

@@ -40,6 +40,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest, split_labels
 from xray_generator.evaluation.translation import SSIM_TARGET, summarise_translation, translate_sources
@@ -158,7 +159,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
     model_cfg = model_config(config)
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
     torch.manual_seed(train_cfg.get("seed", 0))
-    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
@@ -291,6 +292,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
                 best = {k: v.clone() for k, v in ema.state_dict().items()}
                 state["best_step"], state["best_score"] = state["step"], score
             state["wall_seconds"] = wall_at_start + time.time() - session_start
+            note_training_precision(state, accelerator.mixed_precision)
             state["val"] = val
             modules = {"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
                        "discriminator": accelerator.unwrap_model(discriminator).state_dict()}
@@ -399,6 +401,7 @@ def export_cvae(
             "steps": state["step"],
             "samples_seen": state["samples_seen"],
             "wall_seconds": state["wall_seconds"],
+            "mixed_precision_used": state.get("mixed_precision_used"),
             "best_step": state.get("best_step"),
             "n_train": state.get("n_train"),
             "n_val": state.get("n_val"),
@@ -502,7 +505,7 @@ def model_card(exported: dict, metrics: dict | None, title: str) -> str:
         + f"; adversarial from step {train.get('adversarial_from_step', 0)}; real films with the wrong label are fakes for the discriminator (weight {loss.get('mismatch_weight', 1.0)}).",
         f"- Perceptual features: {'our chest X-ray classifier, stages ' + ', '.join(loss.get('perceptual_layers', ['layer1', 'layer2', 'layer3'])) if training.get('perceptual') else 'none (no classifier was available)'}.",
         f"- Steps: {number(training.get('steps'), ',')} (batch {train.get('batch_size')}), samples seen: {number(training.get('samples_seen'), ',')}, "
-        f"wall time: {number((training.get('wall_seconds') or 0) / 3600, '.2f')} h on CPU (bf16 autocast).",
+        f"wall time: {number((training.get('wall_seconds') or 0) / 3600, '.2f')} h on CPU ({training_precision_text(training, train.get('mixed_precision', 'bf16'))}).",
         f"- Exported weights: {training.get('weights')}" + (f" (step {training.get('best_step')})" if training.get("best_step") and "best" in training.get("weights", "") else "") + ".",
         "- Final losses (mean of the last 50 logged steps): "
         + ", ".join(f"{name} {number(value, '.4f')}" for name, value in finals.items()) + f". Log: `{LOG_NAME}`.",

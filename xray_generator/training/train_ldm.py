@@ -22,6 +22,7 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
@@ -65,7 +66,7 @@ def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Pa
         means, stds = [], []
         for start in range(0, len(rows), batch_size):
             chunk = np.stack([images[r] for r in rows[start : start + batch_size]]).astype(np.float32) / 127.5 - 1.0
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with cpu_bf16_autocast():
                 dist = autoencoder.encode(torch.from_numpy(chunk)[:, None]).latent_dist
             means.append(dist.mean.float())
             stds.append(dist.std.float())
@@ -109,7 +110,7 @@ def latent_statistics(latents: dict[str, torch.Tensor]) -> tuple[float, float]:
 def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minutes: float | None = None, data_dir: str | Path | None = None) -> dict:
     train_cfg, data_cfg = config["train"], config["data"]
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
-    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     torch.manual_seed(train_cfg.get("seed", 0) + accelerator.process_index)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -203,7 +204,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             hidden, mask = shadow_proj(val_text["states"][val_prompts[sl]].float()), val_text["masks"][val_prompts[sl]].bool()
             noisy = noise_scheduler.add_noise(val_z[sl], val_noise[sl], val_t[sl])
             target = noise_scheduler.get_velocity(val_z[sl], val_noise[sl], val_t[sl]) if noise_scheduler.config.prediction_type == "v_prediction" else val_noise[sl]
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with cpu_bf16_autocast():
                 prediction = shadow_unet(noisy, val_t[sl], encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
             losses.append(((prediction.float() - target) ** 2).mean().item())
         return float(np.mean(losses))

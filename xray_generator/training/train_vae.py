@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
@@ -43,7 +44,7 @@ def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[floa
     psnrs, ssims = [], []
     for frame in frames:
         x = torch.from_numpy(frame.astype(np.float32) / 127.5 - 1.0)[None, None]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with cpu_bf16_autocast():
             z = autoencoder.encode(x).latent_dist.mode()
             rec = autoencoder.decode(z).sample.float()
         rec8 = np.round(((rec[0, 0].clamp(-1, 1) + 1) * 127.5).numpy()) / 255.0
@@ -58,7 +59,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     train_cfg, data_cfg = config["train"], config["data"]
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
     torch.manual_seed(train_cfg.get("seed", 0))
-    accelerator = Accelerator(mixed_precision=train_cfg.get("mixed_precision", "bf16"), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
