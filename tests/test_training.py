@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO
 from xray_generator.training import train_ldm, train_vae
-from xray_generator.training.checkpointing import CheckpointDir
+from xray_generator.training.checkpointing import CheckpointDir, CheckpointSchedule
 
 SAMPLE = REPO / "dataset"
 
@@ -100,3 +100,23 @@ def test_ship_decoder_swaps_only_the_decoder_and_refuses_another_encoder(vae_run
     with pytest.raises(ValueError, match="different encoder"):
         train_ldm.ship_decoder(tmp_path / "other_encoder", shipped)
     assert (shipped / "MANIFEST.json").read_text() == manifest
+
+
+def test_the_checkpoint_schedule_saves_on_interval_budget_and_last_step(monkeypatch):
+    import xray_generator.training.checkpointing as checkpointing
+
+    clock = [1000.0]
+    monkeypatch.setattr(checkpointing.time, "time", lambda: clock[0])
+    schedule = CheckpointSchedule(interval_minutes=5, max_minutes=12, wall_seconds_before=600.0)
+    assert not schedule.due() and schedule.due(finished=True)
+    clock[0] += 299
+    assert not schedule.due()
+    clock[0] += 1  # five minutes since the start: the interval is up
+    assert schedule.due() and not schedule.out_of_time()
+    schedule.saved()
+    clock[0] += 60
+    assert not schedule.due()
+    clock[0] += 360  # twelve minutes in: the budget is spent, whatever the interval says
+    assert schedule.out_of_time() and schedule.due()
+    assert schedule.wall_seconds() == 600.0 + 720.0  # the resumed run's time plus this session's
+    assert not CheckpointSchedule(5, None).out_of_time()

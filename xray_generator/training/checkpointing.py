@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -125,6 +126,33 @@ class CheckpointDir:
                 shutil.rmtree(old, ignore_errors=True)
         for partial in self.run_dir.glob(".step-*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
+
+
+class CheckpointSchedule:
+    """When a training session saves: every `interval_minutes`, when its time budget is spent, and at the last step.
+
+    Also keeps the run's wall time across sessions: `wall_seconds_before` is what the resumed
+    checkpoint recorded, and `wall_seconds()` adds this session's time to it.
+    """
+
+    def __init__(self, interval_minutes: float, max_minutes: float | None = None, wall_seconds_before: float = 0.0):
+        self.interval_seconds = interval_minutes * 60.0
+        self.max_seconds = None if max_minutes is None else max_minutes * 60.0
+        self.wall_seconds_before = wall_seconds_before
+        self.session_start = self.last_checkpoint = time.time()
+
+    def wall_seconds(self) -> float:
+        return self.wall_seconds_before + time.time() - self.session_start
+
+    def out_of_time(self) -> bool:
+        return self.max_seconds is not None and time.time() - self.session_start >= self.max_seconds
+
+    def due(self, finished: bool = False) -> bool:
+        """True when a checkpoint should be written now: the interval has passed, the budget is spent, or the run is finished."""
+        return finished or self.out_of_time() or time.time() - self.last_checkpoint >= self.interval_seconds
+
+    def saved(self) -> None:
+        self.last_checkpoint = time.time()
 
 
 class LossLog:

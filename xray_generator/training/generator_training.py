@@ -33,7 +33,9 @@ from xray_generator.evaluation.descriptors import laplacian_variance
 from xray_generator.io import atomic_write
 from xray_generator.models.generator_parts import check_classes, parameter_count
 from xray_generator.pipelines.noise_generators import CONFIG_NAME, WEIGHTS_NAME, NoiseToImageGenerator, wrap_model
-from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text, latest_ema_model
+from xray_generator.training.checkpointing import (
+    EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text, latest_ema_model,
+)
 from xray_generator.weights import fresh_staging_folder, replace_folder_atomically, write_manifest
 
 GRID_COLUMNS = 8
@@ -117,12 +119,10 @@ class TrainingRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = CheckpointDir(self.run_dir)
         self.log = LossLog(self.run_dir / "log.csv", log_fields)
-        self.max_minutes = max_minutes
         self.max_steps = train_cfg["max_steps"]
         self.state = {"step": 0, "samples_seen": 0, "wall_seconds": 0.0}
         self.desc = desc
-        self.session_start = self.last_checkpoint = time.time()
-        self.wall_at_start = 0.0
+        self.schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes)
         self.bar: tqdm | None = None
         self.data_summary: dict = {}
 
@@ -150,7 +150,7 @@ class TrainingRun:
         for name, module in modules.items():
             module.load_state_dict(tensors[name])
         self.log.truncate_after(self.state["step"])
-        self.wall_at_start = self.state["wall_seconds"]
+        self.schedule.wall_seconds_before = self.state["wall_seconds"]
         print(f"resumed from {latest.name}: step {self.state['step']}, {self.state['samples_seen']} samples", flush=True)
         return True
 
@@ -159,10 +159,10 @@ class TrainingRun:
         return self.state["step"] >= self.max_steps
 
     def wall_seconds(self) -> float:
-        return self.wall_at_start + time.time() - self.session_start
+        return self.schedule.wall_seconds()
 
     def out_of_time(self) -> bool:
-        return self.max_minutes is not None and time.time() - self.session_start >= self.max_minutes * 60
+        return self.schedule.out_of_time()
 
     def advance(self, samples: int, **postfix: float) -> bool:
         """Count one finished step; True when a checkpoint is due (interval, time budget or the end)."""
@@ -172,8 +172,7 @@ class TrainingRun:
         self.state["samples_seen"] += samples
         self.bar.update(1)
         self.bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()})
-        due = time.time() - self.last_checkpoint >= self.train_cfg["checkpoint_minutes"] * 60
-        return due or self.out_of_time() or self.finished
+        return self.schedule.due(finished=self.finished)
 
     def checkpoint(self, modules: dict[str, dict[str, torch.Tensor]], optimizers: dict[str, torch.optim.Optimizer],
                    build_model: Callable[[dict], nn.Module], ema: EMA) -> bool:
@@ -181,7 +180,7 @@ class TrainingRun:
         self.state.update(self.data_summary, wall_seconds=self.wall_seconds())
         note_training_precision(self.state, self.accelerator.mixed_precision)
         self.checkpoints.save(self.state["step"], modules, self.state, optimizers)
-        self.last_checkpoint = time.time()
+        self.schedule.saved()
         shadow = build_model(self.config["model"])
         ema.copy_to(shadow)
         write_sample_grid(wrap_model(self.config["family"], shadow, self.config["model"]),

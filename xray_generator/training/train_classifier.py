@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
+from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.evaluation.fidelity import bootstrap_ci
@@ -42,7 +42,7 @@ from xray_generator.models.classifier import (
     resize_images,
 )
 from xray_generator.paths import cache_dir as default_cache_dir
-from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
 from xray_generator.weights import replace_folder_atomically, write_manifest
 
 METRICS_NAME = "test_metrics.json"
@@ -203,8 +203,7 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         return {"loss": loss, "auroc": aurocs, "auroc_mean": float(np.mean(defined)) if defined else None}
 
     max_steps = train_cfg["max_steps"]
-    session_start = last_ckpt = time.time()
-    wall_at_start = state["wall_seconds"]
+    schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     n_train = len(images["train"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="classifier", dynamic_ncols=True, mininterval=10)
     while state["step"] < max_steps:
@@ -232,15 +231,14 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
         val = None
-        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
-        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
-        finished = state["step"] >= max_steps
-        if due or out_of_time or finished:
+        out_of_time = schedule.out_of_time()
+        if schedule.due(finished=state["step"] >= max_steps):
             val = validate()
             if val["auroc_mean"] is not None and (state["best_val_auroc_mean"] is None or val["auroc_mean"] > state["best_val_auroc_mean"]):
                 best = {k: v.clone() for k, v in ema.state_dict().items()}
                 state["best_step"], state["best_val_auroc_mean"] = state["step"], val["auroc_mean"]
-            state["wall_seconds"] = wall_at_start + time.time() - session_start
+            state["wall_seconds"] = schedule.wall_seconds()
+            note_training_precision(state, accelerator.mixed_precision)
             state["val_loss"], state["val_auroc"] = val["loss"], val["auroc"]
             ckpt.save(
                 state["step"],
@@ -248,13 +246,13 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
                 {**state, "pos_weight": dict(zip(labels, pos_weight.tolist())), "n_train": n_train, "n_val": len(val_images)},
                 {"optimizer": opt},
             )
-            last_ckpt = time.time()
+            schedule.saved()
             shown = ", ".join(f"{l} {v:.3f}" for l, v in val["auroc"].items() if v is not None)
             print(f"\nstep {state['step']}: val loss {val['loss']:.4f}, AUROC ({shown}) (EMA, n={len(val_images)})", flush=True)
         if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
             row = {
                 "step": state["step"], "samples_seen": state["samples_seen"],
-                "wall_seconds": round(wall_at_start + time.time() - session_start, 1), "loss": loss.item(), "lr": lr,
+                "wall_seconds": round(schedule.wall_seconds(), 1), "loss": loss.item(), "lr": lr,
                 "val_loss": val["loss"] if val else "", "val_auroc_mean": _blank(val["auroc_mean"]) if val else "",
             }
             row.update({f"val_auroc_{label_slug(l)}": (_blank(val["auroc"][l]) if val else "") for l in labels})

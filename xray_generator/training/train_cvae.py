@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +47,7 @@ from xray_generator.io import save_png_with_metadata
 from xray_generator.models.cvae import DEFAULT_CVAE_CONFIG, ConditionalPatchDiscriminator, build_cvae, count_parameters
 from xray_generator.paths import cache_dir as default_cache_dir
 from xray_generator.pipelines.cvae import CONFIG_NAME, FAMILY, WEIGHTS_NAME, CVAEGenerator, load_cvae, resize_to_model
-from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 from xray_generator.training.train_classifier import augment_batch
 from xray_generator.weights import replace_folder_atomically, write_manifest
@@ -212,8 +211,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
 
     max_steps, batch_size, num_labels = train_cfg["max_steps"], train_cfg["batch_size"], len(labels)
     adv_from = train_cfg.get("adversarial_from_step", 0)
-    session_start = last_ckpt = time.time()
-    wall_at_start = state["wall_seconds"]
+    schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="cvae", dynamic_ncols=True, mininterval=10)
     while state["step"] < max_steps:
         step = state["step"]
@@ -280,10 +278,8 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
         bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}")
 
         val = None
-        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
-        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
-        finished = state["step"] >= max_steps
-        if due or out_of_time or finished:
+        out_of_time = schedule.out_of_time()
+        if schedule.due(finished=state["step"] >= max_steps):
             shadow = build_cvae(model_cfg)
             ema.copy_to(shadow)
             val = validate(shadow.eval(), val_sources, classifier, labels) if val_sources else None
@@ -291,7 +287,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
             if score is not None and (state["best_score"] is None or score > state["best_score"]):
                 best = {k: v.clone() for k, v in ema.state_dict().items()}
                 state["best_step"], state["best_score"] = state["step"], score
-            state["wall_seconds"] = wall_at_start + time.time() - session_start
+            state["wall_seconds"] = schedule.wall_seconds()
             note_training_precision(state, accelerator.mixed_precision)
             state["val"] = val
             modules = {"model": accelerator.unwrap_model(model).state_dict(), "ema": ema.state_dict(),
@@ -304,7 +300,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
                  "perceptual": use_perceptual, "parameters": count_parameters(shadow)},
                 {"optimizer": opt, "optimizer_d": opt_d},
             )
-            last_ckpt = time.time()
+            schedule.saved()
             if val:
                 rise = "n/a (no classifier)" if val["share_rising"] is None else f"{val['share_rising']:.2f} (above the reconstruction's: {val['share_above_rec']:.2f})"
                 print(f"\nstep {state['step']}: val reconstruction PSNR {val['rec_psnr']:.2f} dB, SSIM {val['rec_ssim']:.3f}; "
@@ -312,7 +308,7 @@ def train_cvae(config: dict, run_dir: str | Path, resume: bool = False, max_minu
         if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
-                "wall_seconds": round(wall_at_start + time.time() - session_start, 1),
+                "wall_seconds": round(schedule.wall_seconds(), 1),
                 "loss": loss.item(), "l1": l1.item(), "perc": perc.item(), "kl": kl.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(),
                 "cf_l1": cf_l1.item(), "lr": lr,
                 **{f"val_{key}": ("" if val is None or val[key] is None else val[key]) for key in ("rec_psnr", "rec_ssim", "cf_ssim", "score_rise", "share_rising", "share_above_rec")},

@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +21,14 @@ from diffusers import AutoencoderKL, DDPMScheduler
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
+from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
-from xray_generator.training.checkpointing import EMA, CheckpointDir, LossLog, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, atomic_save_safetensors, atomic_write_text
 from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
@@ -218,8 +217,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         return pipe
 
     max_steps = train_cfg["max_steps"]
-    session_start = last_ckpt = time.time()
-    wall_at_start = state["wall_seconds"]
+    schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="ldm", dynamic_ncols=True, mininterval=10, disable=not accelerator.is_main_process)
     while state["step"] < max_steps:
         step = state["step"]
@@ -250,13 +248,12 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
-        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
-        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
-        finished = state["step"] >= max_steps
+        out_of_time = schedule.out_of_time()
         val = None
-        if (due or out_of_time or finished) and accelerator.is_main_process:
+        if schedule.due(finished=state["step"] >= max_steps) and accelerator.is_main_process:
             val = validation_loss()
-            state["wall_seconds"] = wall_at_start + time.time() - session_start
+            state["wall_seconds"] = schedule.wall_seconds()
+            note_training_precision(state, accelerator.mixed_precision)
             ckpt.save(
                 state["step"],
                 {
@@ -270,12 +267,12 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             )
             if train_cfg.get("sample_grid", True):
                 write_sample_grid(build_ema_pipeline(), run_dir / "samples" / f"step-{state['step']:08d}.png")
-            last_ckpt = time.time()
+            schedule.saved()
             print(f"\nstep {state['step']}: val loss {val:.4f} (EMA), {state['samples_seen']} samples, {state['wall_seconds'] / 3600:.2f} h", flush=True)
         if accelerator.is_main_process and (state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None):
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
-                "wall_seconds": round(wall_at_start + time.time() - session_start, 1),
+                "wall_seconds": round(schedule.wall_seconds(), 1),
                 "loss": loss.item(), "lr": lr, "val_loss": val if val is not None else "",
             })
         if out_of_time:

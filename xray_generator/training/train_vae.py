@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.models.autoencoder import build_autoencoder
-from xray_generator.training.checkpointing import CheckpointDir, EMA, LossLog, add_train_command
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
@@ -109,13 +108,11 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
 
     max_steps = train_cfg["max_steps"]
     full_from = int(train_cfg["full_frame_from_fraction"] * max_steps)
-    session_start = time.time()
-    last_ckpt = time.time()
-    wall_at_start = state["wall_seconds"]
+    schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="vae", dynamic_ncols=True, mininterval=5)
 
     def save(val: tuple[float, float] | None) -> None:
-        state["wall_seconds"] = wall_at_start + time.time() - session_start
+        state["wall_seconds"] = schedule.wall_seconds()
         unwrapped = accelerator.unwrap_model(autoencoder)
         ckpt.save(
             state["step"],
@@ -169,20 +166,18 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}")
 
         val = None
-        due = time.time() - last_ckpt >= train_cfg["checkpoint_minutes"] * 60
-        out_of_time = max_minutes is not None and time.time() - session_start >= max_minutes * 60
-        finished = state["step"] >= max_steps
-        if due or out_of_time or finished:
+        out_of_time = schedule.out_of_time()
+        if schedule.due(finished=state["step"] >= max_steps):
             shadow = build_autoencoder(config["model"])
             ema.copy_to(shadow)
             val = evaluate_reconstruction(shadow, val_frames)
             save(val)
-            last_ckpt = time.time()
+            schedule.saved()
             print(f"\nstep {state['step']}: val PSNR {val[0]:.2f} dB, SSIM {val[1]:.4f} (EMA, n={len(val_frames)})", flush=True)
         if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
-                "wall_seconds": round(wall_at_start + time.time() - session_start, 1),
+                "wall_seconds": round(schedule.wall_seconds(), 1),
                 "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(),
                 "kl": kl.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(), "lr": lr,
                 "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
