@@ -14,6 +14,7 @@ from xray_generator import studio
 from xray_generator.dicom import dicom_bytes
 from xray_generator.pipelines.editing import DIFFERENCE_GAIN, difference_image
 from xray_generator.pipelines.latent_diffusion import MAX_GUIDANCE, SAMPLERS, GenerationCancelled
+from xray_generator.precision import precision_label
 
 RESOLUTION_LABELS = {
     studio.NATIVE_RESOLUTION: f"{studio.NATIVE_RESOLUTION} px (native)",
@@ -211,7 +212,7 @@ def latent_diffusion_form(pipe) -> None:
     if result is not None:
         actions = show_generation(result, st.session_state["generation_downloads"],
                                   f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
-                                  f"{result.steps_per_second:.2f} steps/s")
+                                  f"{result.steps_per_second:.2f} steps/s · {precision_label(result.images[0].metadata.get('precision'))}")
         seeds = sorted({item.metadata["seed"] for item in result.images})
         if st.session_state["seed_mode"] == "Random" or int(st.session_state["seed"]) != seeds[0]:
             actions.button(f"Reuse seed {seeds[0]}", key="keep_seed", on_click=keep_seed, args=(seeds[0],),

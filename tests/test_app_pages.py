@@ -16,6 +16,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from xray_generator.io import read_png_metadata
+from xray_generator.precision import precision_label
 
 REPO = Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -93,6 +94,8 @@ def test_generate_returns_a_synthetic_image_with_provenance(studio_env, tiny_wei
     assert "steps/s" in " ".join(texts(at.success))
     result = at.session_state["generation"]
     assert result.images[0].image.shape == (256, 256)
+    # The summary says how the image was computed (bf16, or fp32 and why).
+    assert precision_label(result.images[0].metadata["precision"]) in " ".join(texts(at.success))
     png = at.session_state["generation_downloads"]["png"][0]
     metadata = read_png_metadata(png)
     assert metadata["prompt"] == "left basilar atelectasis"

@@ -63,3 +63,12 @@ def test_the_pipeline_runs_fp32_on_a_cpu_without_bf16_unless_asked(monkeypatch, 
     # An explicit bf16 request is honoured (reproducing a bf16 run), native or not.
     forced = XRayDiffusionPipeline.from_pretrained(tiny_pipeline_dir, torch_dtype=torch.bfloat16)
     assert forced.precision == "bf16" and forced.unet.dtype == torch.bfloat16
+
+
+def test_the_app_says_why_an_image_ran_in_fp32(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.precision_label("fp32") == "fp32 (this CPU has no native bf16)"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.precision_label("fp32") == "fp32"
+    assert precision.precision_label("bf16") == "bf16"
+    assert precision.precision_label(None) == "precision not recorded"

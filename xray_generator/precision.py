@@ -85,3 +85,12 @@ def training_precision_text(state: dict, configured: str | None) -> str:
         return f"{names.get(configured or 'no', configured)} (as configured; the run did not record it)"
     text = " and ".join(names.get(value, value) for value in used)
     return text + (" (sessions on CPUs with and without native bf16)" if len(used) > 1 else "")
+
+
+def precision_label(precision: str | None) -> str:
+    """A user-facing word on how an image was computed, saying why when fp32 was the CPU's choice."""
+    if precision == "bf16":
+        return "bf16"
+    if precision == "fp32":
+        return "fp32" if cpu_has_native_bf16() else "fp32 (this CPU has no native bf16)"
+    return "precision not recorded"
