@@ -117,6 +117,33 @@ def test_a_smaller_evaluation_uses_the_first_prompts_and_seeds_of_the_committed_
     assert subset.equals(full.iloc[:20])
 
 
+def test_every_prefix_of_the_plan_keeps_the_held_out_label_mix():
+    from xray_generator.data.manifest import load_manifest
+    from xray_generator.evaluation.run import evaluation_prompts, held_out_real
+    from xray_generator.evaluation.samples import evaluation_stratum
+
+    held_out = held_out_real(load_manifest(SAMPLE))
+    strata = [evaluation_stratum(row) for _, row in held_out.iterrows()]
+    shares = {key: strata.count(key) / len(strata) for key in set(strata)}
+    plan = evaluation_prompts(held_out, len(held_out), seed=0)
+    by_id = dict(zip(held_out["image_id"], strata))
+    planned = [by_id[image_id] for image_id in plan["source_image_id"]]
+    for m in (10, 25, len(planned) // 2):
+        for key, share in shares.items():
+            assert abs(planned[:m].count(key) - m * share) <= 1.0 + 1e-9, (m, key)
+
+
+def test_the_stratified_order_keeps_each_keys_items_in_order_and_interleaves_them():
+    from xray_generator.evaluation.samples import prefix_stratified_order
+
+    keys = ["a"] * 6 + ["b"] * 3 + ["c"]
+    order = prefix_stratified_order(keys)
+    assert sorted(order.tolist()) == list(range(10))
+    assert [i for i in order if keys[i] == "a"] == [0, 1, 2, 3, 4, 5]
+    assert [keys[i] for i in order[:5]].count("a") == 3 and [keys[i] for i in order[:5]].count("b") in (1, 2)
+    assert prefix_stratified_order([]).tolist() == []
+
+
 def test_fid_is_compared_at_matched_n_when_the_committed_run_stores_it(tmp_path, committed):
     pair = {"generated": 600, "real": 600}
     with_matched = document(tmp_path / "matched.json", 1000, committed["metrics"] + [
