@@ -171,3 +171,19 @@ def test_fid_at_fixed_size_matches_plain_fid_at_full_size_and_grows_as_n_shrinks
     assert small["value"] > full["value"]  # the small-N bias FID is known for
     with pytest.raises(ValueError, match="size"):
         fid_at_fixed_size(a, b, 301)
+
+
+def test_beyond_real_radius_finds_an_off_distribution_tail():
+    from xray_generator.evaluation.distribution import beyond_real_radius
+
+    rng = np.random.default_rng(0)
+    real_a, real_b = rng.normal(size=(2000, 8)), rng.normal(size=(2000, 8))
+    same = beyond_real_radius(real_a, real_b, rng.normal(size=(2000, 8)))
+    assert abs(same["share"] - 0.01) < 0.01  # a sample of the real distribution: about 1 %
+    tail = np.concatenate([rng.normal(size=(900, 8)), rng.normal(size=(100, 8)) + 8.0])
+    result = beyond_real_radius(real_a, real_b, tail)
+    assert result["beyond"][900:].all() and result["beyond"][:900].mean() < 0.03
+    with pytest.raises(ValueError, match="quantile"):
+        beyond_real_radius(real_a, real_b, tail, quantile=1.0)
+    with pytest.raises(ValueError, match="feature columns"):
+        beyond_real_radius(real_a, real_b, tail[:, :4])

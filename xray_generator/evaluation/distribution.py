@@ -215,6 +215,33 @@ def fid_at_fixed_size(feats_a: np.ndarray, feats_b: np.ndarray, size: int, n_sub
     }
 
 
+def beyond_real_radius(real_reference: np.ndarray, real_other: np.ndarray, generated: np.ndarray, quantile: float = 0.99) -> dict:
+    """Which generated images lie further from the real mean than nearly every real image does.
+
+    The radius is the `quantile` of the distances of `real_other` (images not used for the mean)
+    to the mean of `real_reference`; a real image lands beyond it with probability about
+    ``1 - quantile``. A generated set with many more images beyond it has a tail of
+    off-distribution samples, and such a tail dominates FID at small N: how many of them a subset
+    holds moves its FID more than anything else.
+
+    Returns
+    -------
+    result : dict
+        ``beyond`` (bool array, one per generated image), ``share`` (their mean), ``radius``,
+        ``quantile``, ``expected_share`` (``1 - quantile``).
+    """
+    ref, other = _check_pair_of_feature_sets(real_reference, real_other, ("real_reference", "real_other"))
+    gen = _check_features(generated, "generated", min_rows=1)
+    if gen.shape[1] != ref.shape[1]:
+        raise ValueError(f"generated has {gen.shape[1]} feature columns, the real sets {ref.shape[1]}")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}")
+    centre = ref.mean(axis=0)
+    radius = float(np.quantile(np.linalg.norm(other - centre, axis=1), quantile))
+    beyond = np.linalg.norm(gen - centre, axis=1) > radius
+    return {"beyond": beyond, "share": float(beyond.mean()), "radius": radius, "quantile": quantile, "expected_share": 1.0 - quantile}
+
+
 def _polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x @ y.T / x.shape[1] + 1.0) ** 3
 

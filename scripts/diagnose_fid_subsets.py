@@ -1,0 +1,80 @@
+"""Why does FID at 200 images move so much between subsets? Off-distribution samples, by stratum.
+
+    python scripts/diagnose_fid_subsets.py                       # outputs/metrics/ldm.json's run
+    python scripts/diagnose_fid_subsets.py --metrics outputs/metrics/ldm.json --block 200
+
+Re-reads the committed run's images from the evaluation cache (run `python -m xray_generator
+evaluate` first: it regenerates what is missing), then reports, with the run's real halves:
+
+- the share of generated images beyond the real films' 99th-percentile feature radius, overall
+  and per (age group, main finding) stratum of the prompts (a real film lands there 1 % of the time);
+- FID of consecutive disjoint blocks of `--block` images against the first `--block` of real half
+  B, next to each block's share beyond the radius and its Normal share.
+
+Writes the text to `outputs/metrics/subset_check/<model>_fid_diagnosis.txt`.
+"""
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    from xray_generator.data.manifest import load_manifest
+    from xray_generator.evaluation.distribution import beyond_real_radius, fid_from_features
+    from xray_generator.evaluation.report import read_metrics_json
+    from xray_generator.evaluation.run import EvaluationSettings, real_halves, single_threaded_blas
+    from xray_generator.evaluation.samples import draw_samples, evaluation_stratum, held_out_real
+    from xray_generator.evaluation.subset_check import RERUN_SETTINGS
+    from xray_generator.io import atomic_write_text
+    from xray_generator.models.classifier import load_classifier
+    from xray_generator.paths import outputs_dir, weights_dir
+    from xray_generator.pipelines.registry import load_generator
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--metrics", default=None, help="committed metrics file (default outputs/metrics/ldm.json)")
+    parser.add_argument("--block", type=int, default=200, help="images per disjoint block (default 200)")
+    args = parser.parse_args(argv)
+    committed = read_metrics_json(args.metrics or outputs_dir() / "metrics" / "ldm.json")
+    model, saved = committed["model"], committed["settings"]
+    settings = replace(EvaluationSettings(), n=saved["n_generated"], **{key: saved[key] for key in RERUN_SETTINGS if key in saved})
+
+    manifest = load_manifest()
+    held_out = held_out_real(manifest)
+    drawn = draw_samples(model, load_generator(model), held_out, settings)
+    extract = load_classifier(weights_dir() / "classifier").feature_extractor
+    real = extract([drawn.real[i] for i in np.flatnonzero(drawn.reference)])
+    generated = extract(drawn.generated)
+    index_a, index_b = real_halves(len(real), len(generated), settings.seed)
+    real_a, real_b, gen_half = real[index_a], real[index_b], generated[:len(index_a)]
+
+    rows = held_out.set_index("image_id").loc[drawn.requests["source_image_id"]].reset_index()
+    strata = [" / ".join(evaluation_stratum(row)) for _, row in rows.iterrows()]
+    tail = beyond_real_radius(real_b, real_a, generated)
+    lines = [f"{model}: {len(generated)} generated images (weights {committed['weights_sha256'][:12]}), real halves of {len(index_a)}",
+             f"beyond the real 99th-percentile feature radius ({tail['radius']:.2f}): {tail['beyond'].sum()} of {len(generated)} "
+             f"({tail['share']:.1%}; a real film: 1%)", "", f"{'stratum (age group / finding)':<34} {'n':>5} {'beyond':>7} {'share':>7}"]
+    for stratum in sorted(set(strata), key=lambda s: -strata.count(s)):
+        mask = np.array([s == stratum for s in strata])
+        lines.append(f"{stratum:<34} {mask.sum():>5} {tail['beyond'][mask].sum():>7} {tail['beyond'][mask].mean():>7.1%}")
+    normal = np.array([s.endswith("/ Normal") for s in strata])
+    lines += ["", f"FID of disjoint blocks of {args.block} (of the {len(gen_half)} the committed FID uses) against real half B's first {args.block}:"]
+    with single_threaded_blas():
+        for start in range(0, len(gen_half) - args.block + 1, args.block):
+            block = slice(start, start + args.block)
+            lines.append(f"  images {start:>4}-{start + args.block - 1:<4}: FID {fid_from_features(gen_half[block], real_b[:args.block]):6.2f}, "
+                         f"beyond the radius {tail['beyond'][block].mean():5.1%}, Normal prompts {normal[block].mean():5.1%}")
+        floor = fid_from_features(real_a[:args.block], real_b[:args.block])
+    lines.append(f"  real half A's first {args.block} against the same: FID {floor:.2f} (the floor at this N)")
+    text = "\n".join(lines)
+    print(text)
+    atomic_write_text(outputs_dir() / "metrics" / "subset_check" / f"{model}_fid_diagnosis.txt", text + "\n", make_parents=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
