@@ -190,7 +190,9 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         """Load a folder written by `save_pretrained`, verifying every file against MANIFEST.json.
 
         `text_encoder` overrides the recorded encoder (an alias, a local BERT folder, or an instance);
-        a width that does not match the trained projection raises a clear error.
+        a width that does not match the trained projection raises a clear error. `torch_dtype`
+        (``torch.float32`` or ``torch.bfloat16``) fixes the precision; by default it is bf16 where
+        the CPU runs bf16 natively and fp32 elsewhere (`xray_generator.precision`).
         """
         folder = Path(pretrained_model_name_or_path)
         digest = verify_manifest(folder) if verify else weights_hash(folder)
