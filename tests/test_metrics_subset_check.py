@@ -156,3 +156,18 @@ def test_fid_is_compared_at_matched_n_when_the_committed_run_stores_it(tmp_path,
     matched = rows["fid_at_200"]
     assert matched["kind"] == "direct" and matched["subset"] == 120.0  # the rerun's plain FID at n = 200
     assert matched["subset_in_committed_ci"] is False
+
+
+def test_a_perfect_auroc_in_the_rerun_gets_the_rule_of_three_interval_not_a_collapsed_one():
+    from xray_generator.evaluation.subset_check import boundary_interval
+
+    perfect = build_metric("condition_fidelity_auroc_pneumonia_vs_normal", 1.0, {"generated_positive": 143, "generated_negative": 52},
+                           ci=ci(1.0, 1.0, "percentile bootstrap"))
+    interval = boundary_interval(perfect)
+    assert interval["high"] == 1.0 and interval["low"] == pytest.approx(1.0 - 3.0 / 52)
+    assert boundary_interval({**perfect, "ci": ci(0.99, 1.0, "percentile bootstrap")}) is None  # not collapsed
+    assert boundary_interval(build_metric("memorisation_rate", 0.0, {"generated": 200}, ci=ci(0.0, 0.0, "x"))) is None  # not an AUROC
+    committed = {"metrics": [build_metric("condition_fidelity_auroc_pneumonia_vs_normal", 0.99988, {"generated_positive": 724, "generated_negative": 257},
+                                          ci=ci(0.99966, 0.999985, "percentile bootstrap"))]}
+    row = compare_documents(committed, {"metrics": [perfect]})[0]
+    assert row["agrees"] and row["committed_in_subset_ci"]

@@ -20,6 +20,8 @@ Not every metric can be compared at n = 200 (`comparison_rule` says how each one
   the bias-corrected value (2 FID - bootstrap mean) estimates the same FID of the distributions
   as the committed basic-bootstrap CI, and is compared with it. Approximate: 200 images are
   fewer than the 512 feature dimensions, so the covariance is rank-deficient;
+- an AUROC at exactly 1 (or 0) in the rerun, where the percentile bootstrap collapses to
+  [1, 1]: its interval becomes the rule-of-three one (`boundary_interval`);
 - KID and PRDC: the committed file holds no CI for them, and PRDC depends on n (its k-NN radii
   shrink as n grows): shown, not checked.
 """
@@ -51,6 +53,29 @@ def comparison_rule(name: str) -> tuple[str, str]:
     if name.startswith("condition_fidelity_auroc") or name in ("memorisation_rate", "diversity_intra_prompt_ms_ssim"):
         return ("direct", "estimates the same quantity at any n")
     return ("direct", "no rule for this metric: compared directly")
+
+
+def boundary_interval(metric: dict) -> dict | None:
+    """A 95 % interval for an AUROC whose percentile bootstrap collapsed at 0 or 1; None when it did not.
+
+    When every resample separates the classes perfectly, the percentile bootstrap returns [1, 1]
+    and claims no uncertainty at all, though a true AUROC of 0.9999 gives a perfect 200-image
+    sample about as often as not. The rule of three (no error in m trials: the error rate is
+    below 3 / m with 95 % confidence), with m the smaller class, gives the conservative interval
+    [1 - 3 / m, 1] (and [0, 3 / m] at 0).
+    """
+    ci, n = metric.get("ci"), metric.get("n")
+    if ci is None or not isinstance(n, dict) or "generated_positive" not in n or ci["high"] - ci["low"] > 1e-9:
+        return None
+    smaller = min(n["generated_positive"], n["generated_negative"])
+    if smaller < 1:
+        return None
+    width = min(1.0, 3.0 / smaller)
+    if abs(metric["value"] - 1.0) < 1e-9:
+        return {**ci, "low": 1.0 - width, "high": 1.0, "method": f"rule of three on the smaller class ({smaller}); the bootstrap collapsed at 1"}
+    if abs(metric["value"]) < 1e-9:
+        return {**ci, "low": 0.0, "high": width, "method": f"rule of three on the smaller class ({smaller}); the bootstrap collapsed at 0"}
+    return None
 
 
 def _inside(value: float | None, ci: dict | None, tolerance: float = 1e-9) -> bool | None:
@@ -93,7 +118,7 @@ def compare_documents(committed: dict, subset: dict) -> list[dict]:
             row.update(kind="not_checked", why="not computed in the subset run (too few images of a class, or not requested)")
             rows.append(row)
             continue
-        row.update(subset_plain=other["value"], n_subset=other["n"], subset_ci=other["ci"], subset=other["value"])
+        row.update(subset_plain=other["value"], n_subset=other["n"], subset_ci=boundary_interval(other) or other["ci"], subset=other["value"])
         if metric["floor"] and other["floor"]:
             row.update(floor_committed=metric["floor"]["value"], floor_subset=other["floor"]["value"])
         committed_compared = metric["value"]
@@ -112,7 +137,7 @@ def compare_documents(committed: dict, subset: dict) -> list[dict]:
             row.update(kind="not_checked", why="no CI committed")
         if row["kind"] != "not_checked":
             row["subset_in_committed_ci"] = _inside(row["subset"], metric["ci"])
-            row["committed_in_subset_ci"] = _inside(committed_compared, other["ci"])
+            row["committed_in_subset_ci"] = _inside(committed_compared, row["subset_ci"])
             row["agrees"] = bool(row["subset_in_committed_ci"] or row["committed_in_subset_ci"])
         rows.append(row)
     return rows
@@ -195,10 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare_documents(committed, subset)
     text = format_comparison(rows, committed["settings"]["n_generated"], subset["settings"]["n_generated"])
     print(text)
-    if not args.subset_metrics:
-        from xray_generator.io import atomic_write_text
+    from xray_generator.io import atomic_write_text
 
-        atomic_write_text(out_dir / f"{committed['model']}_subset_comparison.txt", text + "\n")
+    atomic_write_text(out_dir / f"{committed['model']}_subset_comparison.txt", text + "\n")
     return 0 if all(row["agrees"] is not False for row in rows) else 1
 
 
