@@ -42,11 +42,8 @@ def cpu_has_native_bf16() -> bool:
     override = os.environ.get(OVERRIDE_VARIABLE, "").strip()
     if override in ("0", "1"):
         return override == "1"
-    flags = cpu_flags()
-    if flags:
-        return any(flag in flags for flag in NATIVE_BF16_FLAGS)
-    # No flags to read (not Linux): PyTorch's own dispatch level is the best remaining sign.
-    return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+    # No flags to read (not Linux) counts as no native bf16: fp32 is never the slow choice.
+    return any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
 
 
 def cpu_precision(requested: str = "bf16") -> str:
@@ -65,9 +62,9 @@ def training_mixed_precision(requested: str | None) -> str:
     return requested
 
 
-def cpu_bf16_autocast(requested: bool = True):
-    """``torch.autocast`` on the CPU in bf16, enabled only when requested and native."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(requested) and cpu_has_native_bf16())
+def cpu_bf16_autocast():
+    """``torch.autocast`` on the CPU in bf16, enabled only where bf16 is native."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_has_native_bf16())
 
 
 def note_training_precision(state: dict, mixed_precision: str) -> None:

@@ -25,7 +25,6 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest, split_labels
 from xray_generator.data.preprocessing import prepare_radiograph
@@ -33,6 +32,7 @@ from xray_generator.evaluation.descriptors import laplacian_variance
 from xray_generator.io import atomic_write
 from xray_generator.models.generator_parts import check_classes, parameter_count
 from xray_generator.pipelines.noise_generators import CONFIG_NAME, WEIGHTS_NAME, NoiseToImageGenerator, wrap_model
+from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.training.checkpointing import (
     EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text, latest_ema_model,
 )

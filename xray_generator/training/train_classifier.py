@@ -28,7 +28,6 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.evaluation.fidelity import bootstrap_ci
@@ -42,6 +41,7 @@ from xray_generator.models.classifier import (
     resize_images,
 )
 from xray_generator.paths import cache_dir as default_cache_dir
+from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
 from xray_generator.weights import replace_folder_atomically, write_manifest
 

@@ -39,7 +39,6 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest, split_labels
 from xray_generator.evaluation.translation import SSIM_TARGET, summarise_translation, translate_sources
@@ -47,6 +46,7 @@ from xray_generator.io import save_png_with_metadata
 from xray_generator.models.cvae import DEFAULT_CVAE_CONFIG, ConditionalPatchDiscriminator, build_cvae, count_parameters
 from xray_generator.paths import cache_dir as default_cache_dir
 from xray_generator.pipelines.cvae import CONFIG_NAME, FAMILY, WEIGHTS_NAME, CVAEGenerator, load_cvae, resize_to_model
+from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 from xray_generator.training.train_classifier import augment_batch

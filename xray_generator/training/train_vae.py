@@ -21,11 +21,11 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.models.autoencoder import build_autoencoder
+from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
 
