@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         values = [run[name] for run in runs if name in run]
         print(f"{name:<{width}}  {statistics.median(values):>7.2f}s  {min(values):>7.2f}s  {max(values):>7.2f}s")
     if args.json:
-        Path(args.json).write_text(json.dumps({"weights": weights, "threads": args.threads, "runs": runs}, indent=2) + "\n")
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+        from xray_generator.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps({"weights": weights, "threads": args.threads, "runs": runs}, indent=2) + "\n")
     return 0
 
 

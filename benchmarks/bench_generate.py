@@ -26,6 +26,7 @@ import torch  # noqa: E402
 from xray_generator.io import read_gray  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
 from xray_generator.precision import cpu_has_native_bf16  # noqa: E402
+from xray_generator.io import atomic_write_text  # noqa: E402
 
 PROMPT = "Adult PA chest radiograph: right lower lobe pneumonia."
 # A normal test-split film from the shipped sample, so the edit runs on a real radiograph.
@@ -102,8 +103,7 @@ def main() -> None:
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
     print(f"peak RSS: {rss_default:.0f} MB after the default runs, {peak_rss_mb():.0f} MB overall")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

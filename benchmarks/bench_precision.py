@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from xray_generator.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_has_native_bf16  # noqa: E402
+from xray_generator.io import atomic_write_text  # noqa: E402
 
 
 def time_step(block: torch.nn.Module, x: torch.Tensor, bf16: bool, repeats: int) -> list[float]:
@@ -56,8 +57,7 @@ def main() -> None:
     print(f"conv block step, median of {args.repeats}: fp32 {fp32 * 1e3:.1f} ms, bf16 autocast {bf16 * 1e3:.1f} ms ({bf16 / fp32:.2f}x fp32)")
     print(f"the code runs bf16 here: {cpu_has_native_bf16()}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ channels at each stage ([128, 64, 32, 16, 8]), because the dense layer alone is 
 the CPU time of a step (the discriminator mirrors them: [8, 16, 32, 64, 128]).
 
 Discriminator: stride-2 convolutions with LeakyReLU(0.2) and dropout (no normalisation, so the
-real and fake halves of a step never share batch statistics), then a linear score. Conditional
+real and fake halves of a step never share batch statistics), then a linear score. The dropout is
+spatial (`Dropout2d`: whole feature maps), because drawing an element-wise mask over the 128² maps
+took a fifth of a CPU training step and a per-channel mask costs next to nothing
+(`python benchmarks/bench_gan_step.py` measures both in one run). Conditional
 discriminators add a projection term (Miyato & Koyama 2018): ⟨embed(y), pooled features⟩.
 
 The objective (BCE for DCGAN, least squares for LSGAN) lives in the trainer; the networks return
@@ -75,7 +78,7 @@ class DCGANDiscriminator(nn.Module):
         layers: list[nn.Module] = []
         c_in = 1
         for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.Dropout(dropout)]
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True), nn.Dropout2d(dropout)]
             c_in = c_out
         self.features = nn.Sequential(*layers)
         final_size = image_size // 2 ** len(channels)
