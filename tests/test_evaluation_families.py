@@ -97,6 +97,10 @@ def test_the_cvae_translates_held_out_normal_films_and_reports_paired_metrics(ev
     # Held against the held-out Kermany pneumonia films only, at the CVAE's size.
     assert settings["n_real_reference"] < settings["n_real_held_out"] and settings["image_size"] == 32
     assert (evaluated[1] / settings["images"]["translation_examples"]).is_file()
+    # The source films themselves go through the memorisation test, so an inherited likeness shows.
+    sources = metrics["memorisation_rate"]["extra"]["sources"]
+    assert sources["n"] == 10 and 0 <= sources["rate"] <= 1 and sources["ci_low"] <= sources["rate"] <= sources["ci_high"]
+    assert sources["translations_flagged_whose_source_is_flagged"] <= sources["translations_flagged"] == metrics["memorisation_rate"]["extra"]["n_flagged"]
 
 
 def test_a_rerun_reads_every_image_from_the_cache(evaluated):
