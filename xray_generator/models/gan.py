@@ -8,8 +8,10 @@ channels at each stage ([128, 64, 32, 16, 8]), because the dense layer alone is 
 (a 256-channel start would be 6.5 MB of the ~5 MB budget) and the 128² and 256² stages dominate
 the CPU time of a step (the discriminator mirrors them: [8, 16, 32, 64, 128]).
 
-Discriminator: stride-2 convolutions with LeakyReLU(0.2) and dropout (no normalisation, so the
-real and fake halves of a step never share batch statistics), then a linear score. The dropout is
+Discriminator: stride-2 convolutions with LeakyReLU(0.2) and dropout (no batch normalisation, so
+the real and fake halves of a step never share batch statistics), then a linear score; with
+`spectral_norm` every convolution and the score layer are spectrally normalised (Miyato et al. 2018),
+which bounds how sharply the score can change and so keeps the discriminator from collapsing. The dropout is
 spatial (`Dropout2d`: whole feature maps), because drawing an element-wise mask over the 128² maps
 took a fifth of a CPU training step and a per-channel mask costs next to nothing
 (`python benchmarks/bench_gan_step.py` measures both in one run). Conditional
@@ -19,7 +21,7 @@ The objective (BCE for DCGAN, least squares for LSGAN) lives in the trainer; the
 raw scores. Images are in [-1, 1].
 
     model_config = {"z_dim": 100, "image_size": 256, "base_size": 8, "channels": [128, 64, 32, 16, 8],
-                    "disc_channels": [8, 16, 32, 64, 128], "dropout": 0.3, "embed_dim": 16, "classes": []}
+                    "disc_channels": [8, 16, 32, 64, 128], "dropout": 0.2, "spectral_norm": True, "embed_dim": 16, "classes": []}
 """
 from __future__ import annotations
 
@@ -73,7 +75,7 @@ class DCGANGenerator(nn.Module):
 class DCGANDiscriminator(nn.Module):
     """Image (B, 1, S, S) [+ class index] → raw score (B,)."""
 
-    def __init__(self, image_size: int, channels: list[int], dropout: float = 0.3, n_classes: int = 0):
+    def __init__(self, image_size: int, channels: list[int], dropout: float = 0.3, n_classes: int = 0, spectral_norm: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
@@ -86,6 +88,13 @@ class DCGANDiscriminator(nn.Module):
         self.score = nn.Linear(c_in * final_size * final_size, 1)
         self.embed = nn.Embedding(n_classes, c_in) if n_classes else None
         self.apply(dcgan_init)
+        if spectral_norm:
+            # Without it the 256-px discriminator collapsed to a constant score (d_real = d_fake = 0.45,
+            # the best constant under smoothed and flipped targets) by step 600 and stayed there.
+            for parent in (self.features, self):
+                for name, layer in parent.named_children():
+                    if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                        setattr(parent, name, nn.utils.parametrizations.spectral_norm(layer))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(x)
@@ -115,4 +124,5 @@ def build_gan_discriminator(model_config: dict) -> DCGANDiscriminator:
         channels=list(model_config["disc_channels"]),
         dropout=model_config.get("dropout", 0.3),
         n_classes=len(classes),
+        spectral_norm=model_config.get("spectral_norm", False),
     )

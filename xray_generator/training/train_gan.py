@@ -8,7 +8,9 @@
 - label flipping: each discriminator target swaps real ↔ fake with probability `flip_probability` (0.1);
 - instance noise (Sønderby et al. 2017): Gaussian noise on every discriminator input, its std
   decaying linearly from `instance_noise_std` to 0 over the first `instance_noise_decay_fraction` of steps;
-- `generator_steps` generator updates per discriminator update.
+- `generator_steps` generator updates per discriminator update;
+- spectral normalisation of the discriminator (`model.spectral_norm`), which kept it from collapsing
+  to a constant score at 256 px (see `xray_generator.models.gan`).
 
 The shipped generator is an EMA of the generator's weights (and BatchNorm statistics).
 
@@ -142,7 +144,7 @@ def describe_gan(config: dict) -> str:
                    if model.get("classes") else "")
     return (f"DCGAN generator: z ∈ R^{model['z_dim']} → dense to {model['base_size']}×{model['base_size']}×{model['channels'][0]} → "
             f"{len(model['channels'])} transposed convolutions (channels {model['channels']} → 1) with BatchNorm and ReLU → tanh. "
-            f"Discriminator (not shipped): stride-2 convolutions {model['disc_channels']} with LeakyReLU and dropout {model.get('dropout', 0.3)}.{conditional} "
+            f"Discriminator (not shipped): stride-2 convolutions {model['disc_channels']} with LeakyReLU, spatial dropout {model.get('dropout', 0.3)}{' and spectral normalisation' if model.get('spectral_norm') else ''}.{conditional} "
             f"Objective: {objective}. Stabilisers: real label {train.get('real_label', 0.9)}, label flipping {train.get('flip_probability', 0.0):.0%}, "
             f"instance noise std {train.get('instance_noise_std', 0.0)} decaying to 0 over the first {train.get('instance_noise_decay_fraction', 0.5):.0%} of steps, "
             f"{train.get('generator_steps', 1)} generator steps per discriminator step. Shipped: EMA (decay {train.get('ema_decay', 0.999)}) of the generator.")
