@@ -11,7 +11,7 @@ the CPU time of a step (the discriminator mirrors them: [8, 16, 32, 64, 128]).
 Discriminator: stride-2 convolutions with LeakyReLU(0.2) and dropout (no batch normalisation, so
 the real and fake halves of a step never share batch statistics), then a linear score; with
 `spectral_norm` every convolution and the score layer are spectrally normalised (Miyato et al. 2018),
-which bounds how sharply the score can change and so keeps the discriminator from collapsing. The dropout is
+which bounds how sharply the score can change. The dropout is
 spatial (`Dropout2d`: whole feature maps), because drawing an element-wise mask over the 128² maps
 took a fifth of a CPU training step and a per-channel mask costs next to nothing
 (`python benchmarks/bench_gan_step.py` measures both in one run). Conditional
@@ -89,8 +89,7 @@ class DCGANDiscriminator(nn.Module):
         self.embed = nn.Embedding(n_classes, c_in) if n_classes else None
         self.apply(dcgan_init)
         if spectral_norm:
-            # Without it the 256-px discriminator collapsed to a constant score (d_real = d_fake = 0.45,
-            # the best constant under smoothed and flipped targets) by step 600 and stayed there.
+            # Which objective needs it is measured, not assumed: see xray_generator.training.train_gan.
             for parent in (self.features, self):
                 for name, layer in parent.named_children():
                     if isinstance(layer, (nn.Conv2d, nn.Linear)):

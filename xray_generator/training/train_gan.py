@@ -9,8 +9,10 @@
 - instance noise (Sønderby et al. 2017): Gaussian noise on every discriminator input, its std
   decaying linearly from `instance_noise_std` to 0 over the first `instance_noise_decay_fraction` of steps;
 - `generator_steps` generator updates per discriminator update;
-- spectral normalisation of the discriminator (`model.spectral_norm`), which kept it from collapsing
-  to a constant score at 256 px (see `xray_generator.models.gan`).
+- spectral normalisation of the discriminator (`model.spectral_norm`). Measured at 256 px: without
+  it the conditional DCGAN's discriminator fell to a constant score (d_real = d_fake = 0.45, the best
+  constant under smoothed, flipped targets) by step 600 and stayed there, so the BCE configs use it;
+  with it the LSGAN's discriminator went constant by step 150, so lsgan.json leaves it off.
 
 The shipped generator is an EMA of the generator's weights (and BatchNorm statistics).
 
