@@ -25,7 +25,7 @@ def tiny_config(name: str, family: str, **model_overrides) -> dict:
     return config
 
 
-def train_resume_export(train, export, config: dict, root: Path) -> Path:
+def train_resume_export(train, export, config: dict, root: Path, **export_options) -> Path:
     """2 steps, resume to 3 (one checkpoint, grid and log row per step), then export; returns the weights folder."""
     run = root / "run"
     assert train(config, run, data_dir=SAMPLE)["step"] == 2
@@ -39,7 +39,7 @@ def train_resume_export(train, export, config: dict, root: Path) -> Path:
     assert CheckpointDir(run).latest().name == "step-00000003"
     assert sorted(p.name for p in (run / "samples").iterdir())[-1] == "step-00000003.png"
     assert not list(run.glob(".step-*.partial"))
-    return export(run, root / config["family"], data_dir=SAMPLE)
+    return export(run, root / config["family"], data_dir=SAMPLE, **export_options)
 
 
 def check_generator(generator, family: str, conditions: tuple[str, ...], size: int) -> None:

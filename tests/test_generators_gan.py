@@ -2,6 +2,9 @@
 verifies the weights and generates to the protocol the registry relies on."""
 from __future__ import annotations
 
+import csv
+import json
+
 import pytest
 import torch
 
@@ -12,7 +15,7 @@ from xray_generator.training import train_gan
 
 VARIANTS = {
     "dcgan": {},
-    "dcgan_conditional": {"classes": CLASSES},
+    "dcgan_conditional": {"classes": CLASSES, "auxiliary_classifier": True},
     "lsgan": {},
 }
 
@@ -21,14 +24,26 @@ def gan_config(family: str) -> dict:
     config = tiny_config("gan_tiny.json", family, **VARIANTS[family])
     if family == "lsgan":
         config["train"]["objective"] = "least_squares"
+    if family == "dcgan_conditional":
+        config["train"]["auxiliary_class_weight"] = 1.0
     return config
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))
 def exported(request, tmp_path_factory):
     family = request.param
-    folder = train_resume_export(train_gan.train_gan, train_gan.export_gan, gan_config(family), tmp_path_factory.mktemp(family))
+    folder = train_resume_export(train_gan.train_gan, train_gan.export_gan, gan_config(family), tmp_path_factory.mktemp(family),
+                                 note=EXPORT_NOTE)
     return family, folder
+
+
+EXPORT_NOTE = "Shipped from the last checkpoint before the discriminator collapsed."
+
+
+def test_the_export_note_reaches_the_card_and_the_config(exported):
+    _, folder = exported
+    assert f"Note: {EXPORT_NOTE}" in (folder / "README.md").read_text()
+    assert json.loads((folder / "config.json").read_text())["training"]["note"] == EXPORT_NOTE
 
 
 def test_exported_gan_loads_to_the_protocol_and_refuses_damage(exported, tmp_path):
@@ -45,6 +60,18 @@ def test_gan_config_must_match_its_family():
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "lsgan"))
     with pytest.raises(ValueError, match="unknown class names"):
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=["Normal", "Dragon pox"]))
+    with pytest.raises(ValueError, match="auxiliary_classifier needs model.classes"):
+        train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan", auxiliary_classifier=True))
+
+
+def test_the_conditional_gan_logs_its_auxiliary_class_losses(exported):
+    family, folder = exported
+    with open(folder / "training_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    logged = [row["loss_class_real"] != "" and row["loss_class_fake"] != "" for row in rows]
+    assert all(logged) if family == "dcgan_conditional" else not any(logged)
+    if family == "dcgan_conditional":
+        assert all(float(row["loss_class_real"]) > 0 for row in rows)
 
 
 def test_discriminator_targets_are_smoothed_and_flipped():

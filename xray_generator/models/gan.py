@@ -15,7 +15,9 @@ which bounds how sharply the score can change. The dropout is
 spatial (`Dropout2d`: whole feature maps), because drawing an element-wise mask over the 128² maps
 took a fifth of a CPU training step and a per-channel mask costs next to nothing
 (`python benchmarks/bench_gan_step.py` measures both in one run). Conditional
-discriminators add a projection term (Miyato & Koyama 2018): ⟨embed(y), pooled features⟩.
+discriminators add a projection term (Miyato & Koyama 2018): ⟨embed(y), pooled features⟩, and with
+`auxiliary_classifier` a class head on the pooled features (AC-GAN, Odena et al. 2017), which the
+trainer fits on real films and the generator must satisfy on its own.
 
 The objective (BCE for DCGAN, least squares for LSGAN) lives in the trainer; the networks return
 raw scores. Images are in [-1, 1].
@@ -73,9 +75,10 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """Image (B, 1, S, S) [+ class index] → raw score (B,)."""
+    """Image (B, 1, S, S) [+ class index] → raw score (B,) [and class logits (B, n_classes)]."""
 
-    def __init__(self, image_size: int, channels: list[int], dropout: float = 0.3, n_classes: int = 0, spectral_norm: bool = False):
+    def __init__(self, image_size: int, channels: list[int], dropout: float = 0.3, n_classes: int = 0, spectral_norm: bool = False,
+                 auxiliary_classifier: bool = False):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
@@ -87,6 +90,7 @@ class DCGANDiscriminator(nn.Module):
         check_stages(image_size, final_size, len(channels))
         self.score = nn.Linear(c_in * final_size * final_size, 1)
         self.embed = nn.Embedding(n_classes, c_in) if n_classes else None
+        self.classify = nn.Linear(c_in, n_classes) if n_classes and auxiliary_classifier else None
         self.apply(dcgan_init)
         if spectral_norm:
             # Which objective needs it is measured, not assumed: see xray_generator.training.train_gan.
@@ -95,13 +99,18 @@ class DCGANDiscriminator(nn.Module):
                     if isinstance(layer, (nn.Conv2d, nn.Linear)):
                         setattr(parent, name, nn.utils.parametrizations.spectral_norm(layer))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, with_class_logits: bool = False):
+        """The score; with `with_class_logits` also the auxiliary classifier's logits (AC-GAN), a tuple."""
         h = self.features(x)
         out = self.score(h.flatten(1)).squeeze(1)
         if self.embed is not None:
             # Projection: the class enters as an inner product with the pooled features.
             out = out + (self.embed(labels) * h.sum(dim=(2, 3))).sum(dim=1)
-        return out
+        if not with_class_logits:
+            return out
+        if self.classify is None:
+            raise ValueError("this discriminator has no auxiliary classifier (model.auxiliary_classifier)")
+        return out, self.classify(h.mean(dim=(2, 3)))
 
 
 def build_gan_generator(model_config: dict) -> DCGANGenerator:
@@ -124,4 +133,5 @@ def build_gan_discriminator(model_config: dict) -> DCGANDiscriminator:
         dropout=model_config.get("dropout", 0.3),
         n_classes=len(classes),
         spectral_norm=model_config.get("spectral_norm", False),
+        auxiliary_classifier=model_config.get("auxiliary_classifier", False),
     )

@@ -255,11 +255,13 @@ class GeneratorTrainer:
     describe: Callable[[dict], str]
     doc: str = ""
 
-    def export(self, run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | None = None) -> Path:
+    def export(self, run_dir: str | Path, out_dir: str | Path, data_dir: str | Path | None = None, note: str = "") -> Path:
         """Write the latest checkpoint's EMA weights as a verified weights folder with a model card.
 
         The folder (config.json, model.safetensors, samples.png, training_log.csv, README.md,
         MANIFEST.json) is written beside `out_dir` and swapped into place only when complete.
+        `note` goes into the card and the config as it is: what the numbers cannot say (why this
+        checkpoint, what went wrong in the run).
         """
         run_dir, out_dir = Path(run_dir), Path(out_dir)
         model, state, config = latest_ema_model(run_dir, lambda c: self.build_model(c["model"]))
@@ -281,6 +283,7 @@ class GeneratorTrainer:
             "sampling_parameters": generator.parameters,
             "weights_bytes": (staging / WEIGHTS_NAME).stat().st_size,
             **measure_generation(generator, real),
+            **({"note": note} if note else {}),
         }
         exported = {**config, "training": training}
         atomic_write_text(staging / CONFIG_NAME, json.dumps(exported, indent=2) + "\n")
@@ -298,11 +301,12 @@ class GeneratorTrainer:
         export.add_argument("--run", required=True)
         export.add_argument("--out", required=True)
         export.add_argument("--data-dir", default=None, help="where the real val films for the sharpness reference come from")
+        export.add_argument("--note", default="", help="a paragraph for the model card: why this checkpoint, what went wrong in the run")
         args = parser.parse_args(argv)
         if args.command == "train":
             self.train(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
         else:
-            print(self.export(args.run, args.out, data_dir=args.data_dir))
+            print(self.export(args.run, args.out, data_dir=args.data_dir, note=args.note))
 
 
 def generator_card(config: dict, model_text: str) -> str:
@@ -313,6 +317,7 @@ def generator_card(config: dict, model_text: str) -> str:
     counts = ", ".join(f"{k} {v:,}" for k, v in (training.get("train_images") or {}).items())
     rows = f"one row per class ({', '.join(classes)}), seed 0" if classes else f"seeds {', '.join(map(str, GRID_SEEDS))}"
     size = config["model"]["image_size"]
+    note = f"\nNote: {training['note']}\n" if training.get("note") else ""
     return f"""# {config['family']}: chest X-ray generator
 
 **Synthetic images for research use only. Not for clinical use.**
@@ -332,7 +337,7 @@ No image is flipped left-right (a mirrored chest shows dextrocardia).
 ## Training (CPU, {training_precision_text(training, train_cfg.get('mixed_precision', 'bf16'))})
 Steps: {training['steps']:,} (batch {train_cfg['batch_size']}), samples seen: {training['samples_seen']:,}, wall time: {training['wall_seconds'] / 60:.1f} min.
 Final losses (mean over the last 50 logged rows): {losses}. Loss log: `training_log.csv`. Exported weights: {training['weights']}.
-
+{note}
 ## Generation
 {training['seconds_per_image'] * 1000:.1f} ms per image (fp32, a batch of {training['sharpness_n']}, {training['threads']} CPU thread(s)).
 Sharpness (variance of the Laplacian, median of {training['sharpness_n']}): samples {training['sharpness_samples_median']:.5f},
