@@ -15,7 +15,7 @@ from xray_generator.training import train_gan
 
 VARIANTS = {
     "dcgan": {},
-    "dcgan_conditional": {"classes": CLASSES, "auxiliary_classifier": True},
+    "dcgan_conditional": {"classes": CLASSES, "auxiliary_classifier": True, "projection": False},
     "lsgan": {},
 }
 
@@ -62,6 +62,8 @@ def test_gan_config_must_match_its_family():
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=["Normal", "Dragon pox"]))
     with pytest.raises(ValueError, match="auxiliary_classifier needs model.classes"):
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan", auxiliary_classifier=True))
+    with pytest.raises(ValueError, match="never sees the class"):
+        train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=CLASSES, projection=False))
 
 
 def test_the_conditional_gan_logs_its_auxiliary_class_losses(exported):

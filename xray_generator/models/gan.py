@@ -15,9 +15,9 @@ which bounds how sharply the score can change. The dropout is
 spatial (`Dropout2d`: whole feature maps), because drawing an element-wise mask over the 128² maps
 took a fifth of a CPU training step and a per-channel mask costs next to nothing
 (`python benchmarks/bench_gan_step.py` measures both in one run). Conditional
-discriminators add a projection term (Miyato & Koyama 2018): ⟨embed(y), pooled features⟩, and with
-`auxiliary_classifier` a class head on the pooled features (AC-GAN, Odena et al. 2017), which the
-trainer fits on real films and the generator must satisfy on its own.
+discriminators add a projection term (Miyato & Koyama 2018): ⟨embed(y), pooled features⟩ (unless
+`projection` is false), and/or with `auxiliary_classifier` a class head on the pooled features
+(AC-GAN, Odena et al. 2017), which the trainer fits on real films and the generator must satisfy.
 
 The objective (BCE for DCGAN, least squares for LSGAN) lives in the trainer; the networks return
 raw scores. Images are in [-1, 1].
@@ -78,7 +78,7 @@ class DCGANDiscriminator(nn.Module):
     """Image (B, 1, S, S) [+ class index] → raw score (B,) [and class logits (B, n_classes)]."""
 
     def __init__(self, image_size: int, channels: list[int], dropout: float = 0.3, n_classes: int = 0, spectral_norm: bool = False,
-                 auxiliary_classifier: bool = False):
+                 auxiliary_classifier: bool = False, projection: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = 1
@@ -89,7 +89,7 @@ class DCGANDiscriminator(nn.Module):
         final_size = image_size // 2 ** len(channels)
         check_stages(image_size, final_size, len(channels))
         self.score = nn.Linear(c_in * final_size * final_size, 1)
-        self.embed = nn.Embedding(n_classes, c_in) if n_classes else None
+        self.embed = nn.Embedding(n_classes, c_in) if n_classes and projection else None
         self.classify = nn.Linear(c_in, n_classes) if n_classes and auxiliary_classifier else None
         self.apply(dcgan_init)
         if spectral_norm:
@@ -134,4 +134,5 @@ def build_gan_discriminator(model_config: dict) -> DCGANDiscriminator:
         n_classes=len(classes),
         spectral_norm=model_config.get("spectral_norm", False),
         auxiliary_classifier=model_config.get("auxiliary_classifier", False),
+        projection=model_config.get("projection", True),
     )

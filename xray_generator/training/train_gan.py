@@ -4,9 +4,12 @@
 "least_squares" (LSGAN, Mao et al. 2017: real → 1, fake → 0, generator → 1, squared error);
 `model.classes` non-empty makes both networks class-conditional; `model.auxiliary_classifier` with
 `train.auxiliary_class_weight` adds AC-GAN's class loss (the discriminator classifies real films, the
-generator's samples must be classified as the class they were asked for). With the projection term
-alone the conditional discriminator collapsed to a constant score by step ~2,000 and the shipped
-samples scored the same for every class (pneumonia score 0.78 asked for Normal, 0.77 for Pneumonia).
+generator's samples must be classified as the class they were asked for). Measured at 256 px: with
+the projection term alone the conditional discriminator collapsed to a constant score by step ~2,000
+and its samples scored the same for every class (pneumonia score 0.78 asked for Normal, 0.77 for
+Pneumonia); with the projection term and the class loss it collapsed by step ~1,100; the
+unconditional discriminators (no projection) did not. So dcgan_conditional.json sets
+`model.projection` false and conditions the discriminator through the class loss alone.
 Stabilisers, all in the config:
 
 - one-sided label smoothing: real targets `real_label` (0.9);
@@ -52,6 +55,8 @@ def check_gan_config(config: dict) -> None:
         raise ValueError(f"family {family!r} {'needs' if family == 'dcgan_conditional' else 'takes no'} model.classes")
     if config["model"].get("auxiliary_classifier") and not conditional:
         raise ValueError("model.auxiliary_classifier needs model.classes (an unconditional GAN has no class to predict)")
+    if conditional and not config["model"].get("projection", True) and not config["model"].get("auxiliary_classifier"):
+        raise ValueError("a conditional discriminator needs model.projection or model.auxiliary_classifier, or it never sees the class")
     if (objective == "least_squares") != (family == "lsgan"):
         raise ValueError(f"family {family!r} does not match train.objective {objective!r} (lsgan ⇔ least_squares)")
 
@@ -166,8 +171,10 @@ def train_gan(config: dict, run_dir: str | Path, resume: bool = False, max_minut
 def describe_gan(config: dict) -> str:
     model, train = config["model"], config["train"]
     objective = "least-squares (LSGAN)" if train["objective"] == "least_squares" else "binary cross-entropy (non-saturating)"
-    conditional = (" Class-conditional: a label embedding joins z in the generator; the discriminator adds a projection term"
-                   + (f" and an auxiliary classifier (AC-GAN, class loss weight {train.get('auxiliary_class_weight', 0.0)}: "
+    conditional = (" Class-conditional: a label embedding joins z in the generator; the discriminator adds"
+                   + (" a projection term" if model.get("projection", True) else "")
+                   + (" and" if model.get("projection", True) and model.get("auxiliary_classifier") else "")
+                   + (f" an auxiliary classifier (AC-GAN, class loss weight {train.get('auxiliary_class_weight', 0.0)}: "
                       "fitted on real films, the generator's samples must satisfy it)." if model.get("auxiliary_classifier") else ".")
                    if model.get("classes") else "")
     return (f"DCGAN generator: z ∈ R^{model['z_dim']} → dense to {model['base_size']}×{model['base_size']}×{model['channels'][0]} → "
