@@ -79,11 +79,21 @@ def test_each_shipped_alternative_family_generates_deterministic_radiograph_rang
 
 @pytest.mark.parametrize("family", [f for f in SHIPPED_FAMILIES if f in ("dcgan_conditional", "gmvae_supervised")])
 def test_shipped_class_conditional_families_raise_the_score_of_the_requested_class(family):
-    """Asked for Pneumonia, the family's images score higher for pneumonia with our classifier than when asked for Normal."""
+    """Our classifier ranks a class's images above the others' for that class's label: pneumonia for
+    Pneumonia against Normal requests, COVID-19 for COVID-19 against the rest (condition-fidelity AUROC,
+    the evaluation's measure, on 64 images per class; 0.5 would mean the class is ignored)."""
+    from sklearn.metrics import roc_auc_score
+
     from xray_generator.models.classifier import load_classifier
 
     classifier = load_classifier(REPO_ROOT / "weights" / "classifier")
     generator = load_generator(family, REPO_ROOT / "weights")
-    column = classifier.labels.index("Pneumonia")
-    scores = {c: classifier.predict_proba(list(generator.generate(32, condition=c, seed=0)))[:, column].mean() for c in ("Normal", "Pneumonia")}
-    assert scores["Pneumonia"] > scores["Normal"] + 0.1, scores
+    scores = {c: classifier.predict_proba(list(generator.generate(64, condition=c, seed=0))) for c in generator.conditions}
+
+    def auroc(label: str, asked: str, others: tuple[str, ...]) -> float:
+        column = classifier.labels.index(label)
+        negatives = np.concatenate([scores[o][:, column] for o in others])
+        return roc_auc_score(np.r_[np.ones(64), np.zeros(len(negatives))], np.r_[scores[asked][:, column], negatives])
+
+    assert auroc("Pneumonia", "Pneumonia", ("Normal",)) >= 0.7
+    assert auroc("COVID-19", "COVID-19", tuple(c for c in generator.conditions if c != "COVID-19")) >= 0.7
