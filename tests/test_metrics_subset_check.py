@@ -81,12 +81,14 @@ def test_a_subset_value_outside_both_intervals_disagrees_and_the_script_exits_1(
     subset = document(tmp_path / "subset.json", 200, subset_metrics(diversity_intra_prompt_ms_ssim=off))
     row = {r["name"]: r for r in compare_documents(committed, subset)}["diversity_intra_prompt_ms_ssim"]
     assert row["agrees"] is False
-    assert main(["--metrics", str(tmp_path / "committed.json"), "--subset-metrics", str(tmp_path / "subset.json")]) == 1
+    # --out keeps the test's comparison out of the repository's committed outputs/metrics/subset_check.
+    assert main(["--metrics", str(tmp_path / "committed.json"), "--subset-metrics", str(tmp_path / "subset.json"), "--out", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "DISAGREES" in out and "diversity_intra_prompt_ms_ssim" in out
 
     document(tmp_path / "subset_ok.json", 200, subset_metrics())
-    assert main(["--metrics", str(tmp_path / "committed.json"), "--subset-metrics", str(tmp_path / "subset_ok.json")]) == 0
+    assert main(["--metrics", str(tmp_path / "committed.json"), "--subset-metrics", str(tmp_path / "subset_ok.json"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "ldm_subset_comparison.txt").is_file()
 
 
 def test_a_bias_corrected_fid_far_from_the_committed_interval_disagrees(committed, tmp_path):
