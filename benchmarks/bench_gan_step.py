@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from xray_generator.models.gan import build_gan_discriminator, build_gan_generator  # noqa: E402
 from xray_generator.io import atomic_write_text  # noqa: E402
+from xray_generator.models.gan import build_gan_discriminator, build_gan_generator  # noqa: E402
 
 
 def build_pair(model_config: dict, shipped: bool) -> tuple[nn.Module, nn.Module]:

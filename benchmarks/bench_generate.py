@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from xray_generator.io import read_gray  # noqa: E402
+from xray_generator.io import atomic_write_text, read_gray  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
 from xray_generator.precision import cpu_has_native_bf16  # noqa: E402
-from xray_generator.io import atomic_write_text  # noqa: E402
 
 PROMPT = "Adult PA chest radiograph: right lower lobe pneumonia."
 # A normal test-split film from the shipped sample, so the edit runs on a real radiograph.

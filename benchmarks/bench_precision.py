@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from xray_generator.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_has_native_bf16  # noqa: E402
 from xray_generator.io import atomic_write_text  # noqa: E402
+from xray_generator.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_has_native_bf16  # noqa: E402
 
 
 def time_step(block: torch.nn.Module, x: torch.Tensor, bf16: bool, repeats: int) -> list[float]:

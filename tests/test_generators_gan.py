@@ -62,6 +62,8 @@ def test_gan_config_must_match_its_family():
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=["Normal", "Dragon pox"]))
     with pytest.raises(ValueError, match="auxiliary_classifier needs model.classes"):
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan", auxiliary_classifier=True))
+    with pytest.raises(ValueError, match="auxiliary_class_weight > 0"):
+        train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=CLASSES, auxiliary_classifier=True))
     with pytest.raises(ValueError, match="never sees the class"):
         train_gan.check_gan_config(tiny_config("gan_tiny.json", "dcgan_conditional", classes=CLASSES, projection=False))
 

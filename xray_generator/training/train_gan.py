@@ -55,6 +55,8 @@ def check_gan_config(config: dict) -> None:
         raise ValueError(f"family {family!r} {'needs' if family == 'dcgan_conditional' else 'takes no'} model.classes")
     if config["model"].get("auxiliary_classifier") and not conditional:
         raise ValueError("model.auxiliary_classifier needs model.classes (an unconditional GAN has no class to predict)")
+    if config["model"].get("auxiliary_classifier") and not config["train"].get("auxiliary_class_weight", 0.0) > 0:
+        raise ValueError("model.auxiliary_classifier needs train.auxiliary_class_weight > 0, or its class head is never trained")
     if conditional and not config["model"].get("projection", True) and not config["model"].get("auxiliary_classifier"):
         raise ValueError("a conditional discriminator needs model.projection or model.auxiliary_classifier, or it never sees the class")
     if (objective == "least_squares") != (family == "lsgan"):
@@ -132,8 +134,8 @@ def train_gan(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             score_real, logits_real = discriminator_outputs(discriminator, with_noise(real, noise), labels, class_weight)
             score_fake = discriminator(with_noise(fake, noise), labels)
         loss_d = adversarial_loss(score_real, target_real, objective) + adversarial_loss(score_fake, target_fake, objective)
-        loss_class_real = F.cross_entropy(logits_real.float(), labels) if class_weight else None
-        if loss_class_real is not None:
+        if class_weight:
+            loss_class_real = F.cross_entropy(logits_real.float(), labels)
             loss_d = loss_d + class_weight * loss_class_real
         opt_d.zero_grad(set_to_none=True)
         accelerator.backward(loss_d)
@@ -144,8 +146,8 @@ def train_gan(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             with accelerator.autocast():
                 score, logits_fake = discriminator_outputs(discriminator, with_noise(generator(torch.randn(batch_size, z_dim), labels), noise), labels, class_weight)
             loss_g = adversarial_loss(score, torch.ones(batch_size), objective)
-            loss_class_fake = F.cross_entropy(logits_fake.float(), labels) if class_weight else None
-            if loss_class_fake is not None:
+            if class_weight:
+                loss_class_fake = F.cross_entropy(logits_fake.float(), labels)
                 loss_g = loss_g + class_weight * loss_class_fake
             opt_g.zero_grad(set_to_none=True)
             accelerator.backward(loss_g)
