@@ -96,7 +96,7 @@ def main() -> None:
     }
     print(f"threads: {results['threads']}   native bf16: {results['cpu_native_bf16']}   weights: {pipe.weights_hash}")
     print(f"model load:              {load_seconds:.2f} s")
-    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']}, {default_precision}): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
+    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']} on {defaults.get('guidance_fraction', 1.0):.0%} of steps, {default_precision}): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")

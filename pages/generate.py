@@ -151,7 +151,9 @@ def latent_diffusion_form(pipe) -> None:
     left.selectbox("Sampler", sorted(SAMPLERS), key="sampler")
     middle.slider("Steps", 1, 100, key="steps", help="Time grows linearly with steps.")
     right.slider("Guidance", 0.0, float(min(MAX_GUIDANCE, 15.0)), step=0.5, key="guidance",
-                 help="Classifier-free guidance; 1 or less turns it off (one network pass per step).")
+                 help="Classifier-free guidance; 1 or less turns it off (one network pass per step). "
+                      f"The model guides the first {defaults.get('guidance_fraction', 1.0):.0%} of the steps, noisiest first; "
+                      "the rest take one network pass each.")
     left, middle, right = st.columns(3)
     left.radio("Seed", ["Random", "Fixed"], key="seed_mode", horizontal=True)
     middle.number_input("Seed value", min_value=0, max_value=2**31 - 1, step=1, key="seed",

@@ -14,11 +14,19 @@ def test_generate_writes_png_with_metadata_and_is_byte_identical(tiny_pipeline_d
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     meta = read_png_metadata(tmp_path / "a.png")
     assert meta["prompt"] == "right lower lobe pneumonia" and meta["seed"] == 0 and meta["synthetic"] is True
-    assert {"model", "weights_sha256", "sampler", "steps", "guidance"} <= set(meta)
+    assert {"model", "weights_sha256", "sampler", "steps", "guidance", "guidance_fraction"} <= set(meta)
     from PIL import Image
 
     with Image.open(tmp_path / "a.png") as im:
         assert im.mode == "L" and im.size == (256, 256)
+
+
+def test_guidance_fraction_flag_is_recorded_and_changes_the_image(tiny_pipeline_dir, tmp_path):
+    args = ["generate", "--prompt", "right lower lobe pneumonia", "--seed", "0", "--guidance", "5", "--weights", str(tiny_pipeline_dir)]
+    assert main(args + ["-o", str(tmp_path / "full.png")]) == 0
+    assert main(args + ["--guidance-fraction", "0.5", "-o", str(tmp_path / "half.png")]) == 0
+    assert read_png_metadata(tmp_path / "half.png")["guidance_fraction"] == 0.5
+    assert (tmp_path / "full.png").read_bytes() != (tmp_path / "half.png").read_bytes()
 
 
 def test_batch_writes_manifest_and_a_rerun_skips_finished_images(tiny_pipeline_dir, tmp_path, capsys):
@@ -39,6 +47,7 @@ def test_bad_input_prints_one_line_and_exits_2(tiny_pipeline_dir, tmp_path, caps
         ["--prompt", "   "],
         ["--prompt", "x", "--steps", "0"],
         ["--prompt", "x", "--guidance", "nan"],
+        ["--prompt", "x", "--guidance-fraction", "0"],
         ["--prompt", "x", "--seed", "-1"],
     ]
     for extra in cases:

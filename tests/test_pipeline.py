@@ -50,6 +50,25 @@ def test_guidance_on_and_off_and_negative_prompt(pipe):
     assert not np.array_equal(guided, negative)
 
 
+def test_guidance_fraction_guides_only_the_leading_steps(pipe):
+    """Guiding every step is the default; a fraction guides ceil(fraction x steps) noisiest steps, then one UNet pass each."""
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        full = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4)
+        assert calls == [2, 2, 2, 2]
+        calls.clear()
+        partial = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4, guidance_fraction=0.5)
+        assert calls == [2, 2, 1, 1]
+    finally:
+        hook.remove()
+    explicit = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4, guidance_fraction=1.0)
+    unguided = pipe("pneumonia", seed=2, guidance_scale=1.0, num_inference_steps=4)
+    assert np.array_equal(full.images[0], explicit.images[0])
+    assert not np.array_equal(partial.images[0], full.images[0]) and not np.array_equal(partial.images[0], unguided.images[0])
+    assert partial.metadata[0]["guidance_fraction"] == 0.5 and full.metadata[0]["guidance_fraction"] == 1.0
+
+
 @pytest.mark.parametrize("sampler", ["dpm++", "ddim", "unipc"])
 def test_each_sampler_runs_and_reports_steps(pipe, sampler):
     seen = []

@@ -69,7 +69,8 @@ def command_generate(args) -> int:
     pipe = _load_pipeline(args)
     output = Path(args.output)
     settings = dict(
-        negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance, sampler=args.sampler
+        negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        guidance_fraction=args.guidance_fraction, sampler=args.sampler,
     )
     targets, manifest_path = _output_targets(output, args.n)
     rows = []
@@ -106,12 +107,13 @@ def _same_settings(existing: dict, pipe, args, seed: int) -> bool:
         "prompt": args.prompt, "seed": seed, "weights_sha256": pipe.weights_hash,
         "steps": args.steps or defaults["num_inference_steps"],
         "guidance": float(args.guidance if args.guidance is not None else defaults["guidance_scale"]),
+        "guidance_fraction": float(args.guidance_fraction if args.guidance_fraction is not None else defaults.get("guidance_fraction", 1.0)),
         "sampler": args.sampler or defaults["sampler"], "negative_prompt": args.negative_prompt or "",
     }
     return all(existing.get(key) == value for key, value in wanted.items())
 
 
-MANIFEST_FIELDS = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed", "height", "width", "precision", "synthetic"]
+MANIFEST_FIELDS = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "guidance_fraction", "seed", "height", "width", "precision", "synthetic"]
 FAMILY_MANIFEST_FIELDS = ["file", "model", "weights_sha256", "kind", "condition", "source_image_id", "source_file_sha256", "seed", "height", "width", "synthetic"]
 
 
@@ -161,7 +163,8 @@ def command_generate_family(args) -> int:
 
     translates = FAMILY_KINDS[args.model] == "image-to-image"
     given = [flag for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt), ("--steps", args.steps),
-                                      ("--guidance", args.guidance), ("--sampler", args.sampler), ("--text-encoder", args.text_encoder)) if value is not None]
+                                      ("--guidance", args.guidance), ("--guidance-fraction", args.guidance_fraction), ("--sampler", args.sampler),
+                                      ("--text-encoder", args.text_encoder)) if value is not None]
     if given:
         takes = "--source and --condition" if translates else "--condition (conditional families) and --seed"
         raise CliError(f"the {args.model} model takes no {', '.join(given)} (those drive the text-to-image ldm); it takes {takes}")
@@ -309,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image; batch image i uses seed+i")
     gen.add_argument("--steps", type=int, default=None, help="sampler steps (default from the model: 8 for the shipped weights)")
     gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default from the model)")
+    gen.add_argument("--guidance-fraction", type=float, default=None,
+                     help="share of the steps, noisiest first, that are guided (0-1; default from the model)")
     gen.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
     gen.add_argument("--n", type=int, default=1, help="number of images; with more than 1, -o is a folder or a stem")
     gen.add_argument("-o", "--output", required=True, help="output PNG, or a folder for a batch")

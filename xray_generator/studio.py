@@ -610,7 +610,7 @@ def image_file_stem(metadata: dict, index: int | None = None) -> str:
     return stem if index is None else f"{index:02d}_{stem}"
 
 
-MANIFEST_FIELDS = ("file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed",
+MANIFEST_FIELDS = ("file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "guidance_fraction", "seed",
                    "native_resolution", "resolution", "upscaled", "enhancement_preset", "synthetic", "generated_at")
 
 

