@@ -120,3 +120,25 @@ def test_the_checkpoint_schedule_saves_on_interval_budget_and_last_step(monkeypa
     assert schedule.out_of_time() and schedule.due()
     assert schedule.wall_seconds() == 600.0 + 720.0  # the resumed run's time plus this session's
     assert not CheckpointSchedule(5, None).out_of_time()
+
+
+def test_set_defaults_rewrites_pipeline_json_and_refuses_bad_values(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_pipeline_dir, shipped)
+    unet_before = sorted(p.read_bytes() for p in (shipped / "unet").iterdir())
+    train_ldm.main(["set-defaults", "--weights", str(shipped), "--steps", "3", "--guidance-fraction", "0.5"])
+    pipe = XRayDiffusionPipeline.from_pretrained(shipped)  # verifies the rewritten MANIFEST
+    assert pipe.generation_defaults["num_inference_steps"] == 3 and pipe.generation_defaults["guidance_fraction"] == 0.5
+    assert pipe("normal chest", seed=0).metadata[0]["guidance_fraction"] == 0.5
+    assert sorted(p.read_bytes() for p in (shipped / "unet").iterdir()) == unet_before
+
+    manifest = (shipped / "MANIFEST.json").read_text()
+    with pytest.raises(ValueError, match="guidance_fraction"):
+        train_ldm.set_generation_defaults(shipped, guidance_fraction=1.5)
+    with pytest.raises(ValueError, match="unknown generation defaults"):
+        train_ldm.set_generation_defaults(shipped, strength=0.5)
+    assert (shipped / "MANIFEST.json").read_text() == manifest

@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
-from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, atomic_save_safetensors, atomic_write_text
 from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
@@ -331,26 +332,56 @@ def check_same_encoder(candidate: AutoencoderKL, reference: AutoencoderKL, name:
             raise ValueError(f"{name} has a different encoder ({key}) from the one the UNet was trained on")
 
 
+def rewrite_shipped(weights: str | Path, change: Callable[[Path], None]) -> Path:
+    """Apply `change` to a staging copy of a verified shipped folder, then swap it in whole with a new MANIFEST."""
+    weights = Path(weights)
+    verify_manifest(weights)
+    staging = weights.with_name(f".{weights.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(weights, staging)
+    change(staging)
+    write_manifest(staging)
+    replace_folder_atomically(staging, weights)
+    return weights
+
+
 def ship_decoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
     """Swap a fine-tuned decoder into a shipped pipeline folder, without the UNet's run folder.
 
     The encoder must be identical and the latent scale/shift are kept, so the UNet is untouched.
-    The folder is rebuilt in a staging copy and swapped in whole, with a new MANIFEST.
     """
-    weights = Path(weights)
     verify_manifest(weights)
-    shipped = AutoencoderKL.from_pretrained(weights / "vae", use_safetensors=True)
+    shipped = AutoencoderKL.from_pretrained(Path(weights) / "vae", use_safetensors=True)
     candidate = AutoencoderKL.from_pretrained(autoencoder_dir, use_safetensors=True)
     check_same_encoder(candidate, shipped, str(autoencoder_dir))
     candidate.register_to_config(scaling_factor=shipped.config.scaling_factor, shift_factor=shipped.config.shift_factor)
-    staging = weights.with_name(f".{weights.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(weights, staging)
-    shutil.rmtree(staging / "vae")
-    candidate.save_pretrained(staging / "vae", safe_serialization=True)
-    write_manifest(staging)
-    replace_folder_atomically(staging, weights)
-    return weights
+
+    def swap_vae(staging: Path) -> None:
+        shutil.rmtree(staging / "vae")
+        candidate.save_pretrained(staging / "vae", safe_serialization=True)
+
+    return rewrite_shipped(weights, swap_vae)
+
+
+def set_generation_defaults(weights: str | Path, **changes: Any) -> Path:
+    """Change the sampling defaults a shipped pipeline folder gives its users (pipeline.json), weights untouched.
+
+    The new defaults are checked by a real call of the pipeline before anything is written.
+    """
+    changes = {key: value for key, value in changes.items() if value is not None}
+    unknown = set(changes) - set(DEFAULT_GENERATION)
+    if unknown:
+        raise ValueError(f"unknown generation defaults {sorted(unknown)}; known: {sorted(DEFAULT_GENERATION)}")
+    pipe = XRayDiffusionPipeline.from_pretrained(weights)
+    pipe.generation_defaults.update(changes)
+    pipe("normal chest radiograph", seed=0)  # raises on an out-of-range default
+
+    def write_defaults(staging: Path) -> None:
+        info = json.loads((staging / PIPELINE_FILE).read_text())
+        info["generation_defaults"] = pipe.generation_defaults
+        (staging / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+    return rewrite_shipped(weights, write_defaults)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -369,11 +400,20 @@ def main(argv: list[str] | None = None) -> None:
     ship = sub.add_parser("ship-decoder", help="swap a fine-tuned decoder into a shipped pipeline folder (UNet untouched)")
     ship.add_argument("--autoencoder", required=True, help="exported autoencoder folder (train_vae export)")
     ship.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
+    defaults = sub.add_parser("set-defaults", help="change a shipped pipeline folder's sampling defaults (pipeline.json)")
+    defaults.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
+    defaults.add_argument("--sampler", choices=sorted(SAMPLERS), default=None)
+    defaults.add_argument("--steps", type=int, default=None)
+    defaults.add_argument("--guidance", type=float, default=None)
+    defaults.add_argument("--guidance-fraction", type=float, default=None)
     args = parser.parse_args(argv)
     if args.command == "train":
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
     elif args.command == "ship-decoder":
         print(ship_decoder(args.autoencoder, args.weights))
+    elif args.command == "set-defaults":
+        print(set_generation_defaults(args.weights, sampler=args.sampler, num_inference_steps=args.steps,
+                                      guidance_scale=args.guidance, guidance_fraction=args.guidance_fraction))
     else:
         print(export_pipeline(args.run, args.out, autoencoder_dir=args.autoencoder))
 
