@@ -81,8 +81,11 @@ def test_interrupted_cli_batch_resumes_and_its_manifest_is_complete(tiny_pipelin
     args = ["generate", "--prompt", "left lower lobe pneumonia", "--n", "4", "--seed", "20", "--steps", "50",
             "--weights", str(tiny_pipeline_dir), "-o", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CXR_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so
+    # would the CLI: give it the default disposition, as a terminal user's process has.
     process = subprocess.Popen([sys.executable, "-m", "xray_generator", *args], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 180
         while not (out / "xray_0000.png").exists() and process.poll() is None and time.time() < deadline:
