@@ -60,6 +60,9 @@ def test_guidance_fraction_guides_only_the_leading_steps(pipe):
         calls.clear()
         partial = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4, guidance_fraction=0.5)
         assert calls == [2, 2, 1, 1]
+        calls.clear()
+        pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=100, guidance_fraction=0.07)
+        assert calls == [2] * 7 + [1] * 93  # 0.07 x 100 is 7.000000000000001 in floating point
     finally:
         hook.remove()
     explicit = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4, guidance_fraction=1.0)

@@ -473,7 +473,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         latents = latents * scheduler.init_noise_sigma
 
         # 3. Denoise.
-        guided_steps = math.ceil(guidance_fraction * num_inference_steps)
+        # Rounded before ceil: 0.07 x 100 is 7.000000000000001 in floating point, which must guide 7 steps, not 8.
+        guided_steps = math.ceil(round(guidance_fraction * num_inference_steps, 9))
         latents = self.denoise(scheduler, latents, scheduler.timesteps, text_states, text_mask, guidance_scale, callback_on_step_end,
                                guided_steps=guided_steps)
 
