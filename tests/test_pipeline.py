@@ -72,6 +72,16 @@ def test_guidance_fraction_guides_only_the_leading_steps(pipe):
     assert partial.metadata[0]["guidance_fraction"] == 0.5 and full.metadata[0]["guidance_fraction"] == 1.0
 
 
+def test_settings_resolve_to_the_given_value_else_the_models_default(pipe):
+    defaults = pipe.generation_defaults
+    resolved = pipe.resolve_settings(num_inference_steps=5, guidance_scale=None)
+    assert resolved["num_inference_steps"] == 5 and resolved["guidance_scale"] == defaults["guidance_scale"]
+    assert resolved["sampler"] == defaults["sampler"] and resolved["guidance_fraction"] == defaults["guidance_fraction"]
+    assert pipe.resolve_settings(guidance_scale=0.0)["guidance_scale"] == 0.0  # a falsy value is a value, not "unset"
+    with pytest.raises(ValueError, match="unknown generation settings"):
+        pipe.resolve_settings(strength=0.5)
+
+
 @pytest.mark.parametrize("sampler", ["dpm++", "ddim", "unipc"])
 def test_each_sampler_runs_and_reports_steps(pipe, sampler):
     seen = []

@@ -142,3 +142,43 @@ def test_set_defaults_rewrites_pipeline_json_and_refuses_bad_values(tiny_pipelin
     with pytest.raises(ValueError, match="unknown generation defaults"):
         train_ldm.set_generation_defaults(shipped, strength=0.5)
     assert (shipped / "MANIFEST.json").read_text() == manifest
+
+
+def test_a_deeper_decoder_warm_starts_trains_and_ships_with_the_encoder_untouched(vae_run, tmp_path):
+    import torch
+
+    from xray_generator.models.autoencoder import build_autoencoder, load_autoencoder, warm_start_autoencoder
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    source = load_autoencoder(source_dir)
+    deep_config = dict(tiny_config("vae_tiny.json")["model"], decoder_layers_per_block=2)
+
+    # Warm start: the extra resnets are identities, so the deeper decoder decodes exactly as the source.
+    deep = build_autoencoder(deep_config)
+    warm_start_autoencoder(deep, source)
+    assert len(deep.decoder.up_blocks[0].resnets) == len(source.decoder.up_blocks[0].resnets) + 1
+    z = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(deep.eval().decode(z).sample, source.decode(z).sample)
+    with pytest.raises(ValueError, match="beyond decoder depth"):
+        warm_start_autoencoder(build_autoencoder(dict(deep_config, latent_channels=8)), source)
+
+    # Fine-tune it with the encoder frozen; the exported folder round-trips through load_autoencoder.
+    config = tiny_config("vae_tiny.json", max_steps=1, freeze_encoder=True)
+    config["model"], config["init_from"] = deep_config, str(source_dir)
+    train_vae.train_vae(config, tmp_path / "deep_run", data_dir=SAMPLE)
+    tuned_dir = train_vae.export_autoencoder(tmp_path / "deep_run", tmp_path / "deep")
+    tuned = load_autoencoder(tuned_dir)
+    assert tuned.config.decoder_layers_per_block == 2 and len(tuned.decoder.up_blocks[0].resnets) == 3
+    assert all(torch.equal(tensor, source.state_dict()[key]) for key, tensor in tuned.state_dict().items() if key.startswith(("encoder.", "quant_conv.")))
+
+    # It ships into a pipeline folder (same encoder), which then loads and generates.
+    ldm_config = tiny_config("ldm_tiny.json", max_steps=1)
+    ldm_config["autoencoder"], ldm_config["cache_dir"] = str(source_dir), str(tmp_path / "cache")
+    train_ldm.train_ldm(ldm_config, tmp_path / "ldm_run", data_dir=SAMPLE)
+    shipped = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "shipped")
+    train_ldm.ship_decoder(tuned_dir, shipped)
+    pipe = XRayDiffusionPipeline.from_pretrained(shipped)
+    assert len(pipe.vae.decoder.up_blocks[0].resnets) == 3
+    assert pipe("normal chest", seed=0).images[0].shape == (256, 256)

@@ -102,13 +102,13 @@ def command_generate(args) -> int:
 
 def _same_settings(existing: dict, pipe, args, seed: int) -> bool:
     """Whether an image on disk was made with exactly the settings of this run."""
-    defaults = pipe.generation_defaults
+    resolved = pipe.resolve_settings(sampler=args.sampler, num_inference_steps=args.steps, guidance_scale=args.guidance,
+                                     guidance_fraction=args.guidance_fraction)
     wanted = {
         "prompt": args.prompt, "seed": seed, "weights_sha256": pipe.weights_hash,
-        "steps": args.steps or defaults["num_inference_steps"],
-        "guidance": float(args.guidance if args.guidance is not None else defaults["guidance_scale"]),
-        "guidance_fraction": float(args.guidance_fraction if args.guidance_fraction is not None else defaults.get("guidance_fraction", 1.0)),
-        "sampler": args.sampler or defaults["sampler"], "negative_prompt": args.negative_prompt or "",
+        "steps": resolved["num_inference_steps"], "guidance": float(resolved["guidance_scale"]),
+        "guidance_fraction": float(resolved["guidance_fraction"]), "sampler": resolved["sampler"],
+        "negative_prompt": args.negative_prompt or "",
     }
     return all(existing.get(key) == value for key, value in wanted.items())
 

@@ -424,7 +424,7 @@ def generate_images(
     `should_cancel()` returning True stops at the next step (GenerationCancelled).
     """
     request.check()
-    steps = int(request.steps) if request.steps is not None else pipe.generation_defaults["num_inference_steps"]
+    steps = int(pipe.resolve_settings(num_inference_steps=request.steps)["num_inference_steps"])
     total = steps * request.num_images
     images: list[GeneratedImage] = []
     notices: list[str] = []
@@ -1401,7 +1401,7 @@ def edit_radiograph(
     """
     from xray_generator.pipelines.editing import check_strength
 
-    schedule = int(steps) if steps is not None else int(pipe.generation_defaults["num_inference_steps"])
+    schedule = int(pipe.resolve_settings(num_inference_steps=steps)["num_inference_steps"])
     total = max(1, int(schedule * check_strength(strength)))
 
     def callback(_pipe, step_index, _timestep, _kwargs):

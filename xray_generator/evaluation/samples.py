@@ -179,13 +179,10 @@ def save_cached_image(image: np.ndarray, path: Path, metadata: dict) -> np.ndarr
 
 def resolved_sampler_settings(pipe, settings) -> dict:
     """The sampler settings an evaluation runs with: those given, else the model's defaults."""
-    defaults = pipe.generation_defaults
-    return {
-        "sampler": settings.sampler or defaults["sampler"],
-        "steps": settings.steps or defaults["num_inference_steps"],
-        "guidance": settings.guidance if settings.guidance is not None else defaults["guidance_scale"],
-        "guidance_fraction": settings.guidance_fraction if settings.guidance_fraction is not None else defaults.get("guidance_fraction", 1.0),
-    }
+    resolved = pipe.resolve_settings(sampler=settings.sampler, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                                     guidance_fraction=settings.guidance_fraction)
+    return {"sampler": resolved["sampler"], "steps": resolved["num_inference_steps"], "guidance": resolved["guidance_scale"],
+            "guidance_fraction": resolved["guidance_fraction"]}
 
 
 def sampler_arguments(pipe, settings) -> dict:

@@ -1,7 +1,13 @@
 """The image autoencoder: a 1-channel diffusers `AutoencoderKL` with 8x spatial compression."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import torch
 from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import Decoder
+from safetensors.torch import load_file
 
 # The shipped architecture. Convolution-only (no mid-block attention) so that training on crops
 # transfers to full frames: every output pixel sees the same receptive field wherever it is.
@@ -19,9 +25,69 @@ DEFAULT_AUTOENCODER_CONFIG: dict = {
 }
 
 
+# diffusers' AutoencoderKL gives encoder and decoder the same depth. Our one extension is a deeper
+# decoder (`decoder_layers_per_block`): decoding cost can grow while the encoder, and with it the
+# latent space a trained UNet depends on, stays exactly as it was.
+DECODER_DEPTH_KEY = "decoder_layers_per_block"
+
+
 def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
     """An untrained autoencoder from an architecture dict (defaults to the shipped one)."""
-    return AutoencoderKL(**(config or DEFAULT_AUTOENCODER_CONFIG))
+    config = dict(config or DEFAULT_AUTOENCODER_CONFIG)
+    decoder_layers = config.pop(DECODER_DEPTH_KEY, None)
+    autoencoder = AutoencoderKL(**config)
+    if decoder_layers is not None and decoder_layers != autoencoder.config.layers_per_block:
+        cfg = autoencoder.config
+        autoencoder.decoder = Decoder(
+            in_channels=cfg.latent_channels,
+            out_channels=cfg.out_channels,
+            up_block_types=cfg.up_block_types,
+            block_out_channels=cfg.block_out_channels,
+            layers_per_block=decoder_layers,
+            norm_num_groups=cfg.norm_num_groups,
+            act_fn=cfg.act_fn,
+            mid_block_add_attention=cfg.mid_block_add_attention,
+        )
+        autoencoder.register_to_config(**{DECODER_DEPTH_KEY: decoder_layers})
+    return autoencoder
+
+
+def load_autoencoder(folder: str | Path) -> AutoencoderKL:
+    """Load a saved autoencoder folder (config.json + safetensors), deeper decoders included.
+
+    `AutoencoderKL.from_pretrained` would drop a deeper decoder's extra layers with only a warning,
+    so every loader in the project goes through here and loads the weights strictly.
+    """
+    folder = Path(folder)
+    config = {key: value for key, value in AutoencoderKL.load_config(folder).items() if not key.startswith("_")}
+    autoencoder = build_autoencoder(config)
+    autoencoder.load_state_dict(load_file(str(folder / "diffusion_pytorch_model.safetensors")), strict=True)
+    return autoencoder.eval()
+
+
+def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None:
+    """Copy `source` into `target`, whose decoder may be deeper; the result decodes exactly as `source`.
+
+    Each extra decoder resnet has its last convolution zeroed, which makes it the identity
+    (a resnet adds its residual branch to its input), so fine-tuning starts from the trained decoder.
+    """
+    target_state = target.state_dict()
+    source_state = source.state_dict()
+    missing = sorted(set(target_state) - set(source_state))
+    unexpected = sorted(set(source_state) - set(target_state))
+    reshaped = sorted(key for key in set(source_state) & set(target_state) if source_state[key].shape != target_state[key].shape)
+    extra = {key.rsplit(".", 2)[0] for key in missing}
+    if unexpected or reshaped or any(not re.fullmatch(r"decoder\.up_blocks\.\d+\.resnets\.\d+", prefix) for prefix in extra):
+        raise ValueError(
+            "cannot warm-start: the architectures differ beyond decoder depth "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {reshaped[:3]})"
+        )
+    target.load_state_dict(source_state, strict=False)
+    with torch.no_grad():
+        for prefix in extra:
+            resnet = target.get_submodule(prefix)
+            resnet.conv2.weight.zero_()
+            resnet.conv2.bias.zero_()
 
 
 def downsampling_factor(autoencoder: AutoencoderKL) -> int:

@@ -29,6 +29,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
 from xray_generator.precision import cpu_precision
 from xray_generator.weights import WeightsError, replace_folder_atomically, verify_manifest, weights_hash, write_manifest
@@ -147,6 +148,18 @@ class XRayDiffusionPipeline(DiffusionPipeline):
     def device(self) -> torch.device:
         return self.unet.device
 
+    def resolve_settings(self, **given: Any) -> dict:
+        """The generation settings a call runs with: each value given, else this model's default (pipeline.json).
+
+        Keys are those of DEFAULT_GENERATION. The one place that resolves defaults, so generation,
+        editing, evaluation caches and the CLI's skip-existing check can never disagree.
+        """
+        unknown = set(given) - set(DEFAULT_GENERATION)
+        if unknown:
+            raise ValueError(f"unknown generation settings {sorted(unknown)}; known: {sorted(DEFAULT_GENERATION)}")
+        defaults = {**DEFAULT_GENERATION, **self.generation_defaults}
+        return {key: default if given.get(key) is None else given[key] for key, default in defaults.items()}
+
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
         """Write every trained part as safetensors plus configs and a sha256 MANIFEST.json, atomically.
@@ -200,7 +213,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         if not isinstance(text_encoder, FrozenTextEncoder):
             text_encoder = FrozenTextEncoder(text_encoder or info["text_encoder"], max_length=info.get("text_max_length", 64))
         # The manifest proves the files are the ones exported; these catch an export that was itself broken.
-        vae = _load_part(folder / "vae", lambda: AutoencoderKL.from_pretrained(folder / "vae", use_safetensors=True))
+        vae = _load_part(folder / "vae", lambda: load_autoencoder(folder / "vae"))
         unet = _load_part(folder / "unet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", use_safetensors=True).float())
         projection = _load_part(folder / "text_projection", lambda: TextProjection.from_pretrained(folder / "text_projection", use_safetensors=True))
         scheduler = _load_part(folder / "scheduler", lambda: DDPMScheduler.from_pretrained(folder / "scheduler"))
@@ -427,13 +440,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         -------
         XRayPipelineOutput with float32 (H, W) images in [0, 1], PIL images and per-image provenance.
         """
-        d = self.generation_defaults
-        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        guidance_fraction = d.get("guidance_fraction", 1.0) if guidance_fraction is None else guidance_fraction
-        sampler = d["sampler"] if sampler is None else sampler
-        height = d["height"] if height is None else height
-        width = d["width"] if width is None else width
+        settings = self.resolve_settings(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                         guidance_fraction=guidance_fraction, height=height, width=width)
+        sampler, num_inference_steps, guidance_scale, guidance_fraction, height, width = (
+            settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "guidance_fraction", "height", "width")
+        )
         # NumPy scalars (a seed from np.random, steps from a config array) count as the plain numbers they hold.
         num_inference_steps, guidance_scale, guidance_fraction, num_images_per_prompt, height, width, seed = (
             _plain_number(v) for v in (num_inference_steps, guidance_scale, guidance_fraction, num_images_per_prompt, height, width, seed)
@@ -570,11 +581,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         """
         from xray_generator.pipelines import editing
 
-        d = self.generation_defaults
-        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        sampler = d["sampler"] if sampler is None else sampler
-        size = d["height"]
+        settings = self.resolve_settings(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        sampler, num_inference_steps, guidance_scale, size = (settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "height"))
         num_inference_steps, guidance_scale, seed = (_plain_number(v) for v in (num_inference_steps, guidance_scale, seed))
         if not isinstance(prompt, str):
             raise ValueError("prompt must be a string: one edit at a time")

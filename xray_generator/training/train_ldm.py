@@ -25,6 +25,7 @@ from tqdm import tqdm
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
+from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
@@ -124,7 +125,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         val_manifest.table = val_manifest.table.iloc[: data_cfg["max_images"]]
 
     autoencoder_dir = Path(config["autoencoder"])
-    autoencoder = AutoencoderKL.from_pretrained(autoencoder_dir, use_safetensors=True)
+    autoencoder = load_autoencoder(autoencoder_dir)
     vae_digest = sha256_file(autoencoder_dir / "diffusion_pytorch_model.safetensors")[:12]
     cache_dir = Path(config.get("cache_dir", "outputs/cache/ldm")) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
     train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
@@ -308,9 +309,9 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
     state = json.loads((latest / "state.json").read_text())
-    autoencoder = AutoencoderKL.from_pretrained(autoencoder_dir or config["autoencoder"], use_safetensors=True)
+    autoencoder = load_autoencoder(autoencoder_dir or config["autoencoder"])
     if autoencoder_dir is not None:
-        check_same_encoder(autoencoder, AutoencoderKL.from_pretrained(config["autoencoder"], use_safetensors=True), str(autoencoder_dir))
+        check_same_encoder(autoencoder, load_autoencoder(config["autoencoder"]), str(autoencoder_dir))
     autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"])
     encoder = FrozenTextEncoder(text_encoder or config["text_encoder"], max_length=config.get("text_max_length", 64))
     unet = build_unet(config["unet"])
@@ -351,8 +352,8 @@ def ship_decoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
     The encoder must be identical and the latent scale/shift are kept, so the UNet is untouched.
     """
     verify_manifest(weights)
-    shipped = AutoencoderKL.from_pretrained(Path(weights) / "vae", use_safetensors=True)
-    candidate = AutoencoderKL.from_pretrained(autoencoder_dir, use_safetensors=True)
+    shipped = load_autoencoder(Path(weights) / "vae")
+    candidate = load_autoencoder(autoencoder_dir)
     check_same_encoder(candidate, shipped, str(autoencoder_dir))
     candidate.register_to_config(scaling_factor=shipped.config.scaling_factor, shift_factor=shipped.config.shift_factor)
 

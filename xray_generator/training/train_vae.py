@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from diffusers import AutoencoderKL
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
-from xray_generator.models.autoencoder import build_autoencoder
+from xray_generator.models.autoencoder import build_autoencoder, load_autoencoder, warm_start_autoencoder
 from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
@@ -74,7 +73,8 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     autoencoder = build_autoencoder(config["model"])
     if config.get("init_from"):
         # Decoder fine-tuning (as Stable Diffusion's ft-MSE VAE): start from a trained autoencoder.
-        autoencoder.load_state_dict(AutoencoderKL.from_pretrained(config["init_from"], use_safetensors=True).state_dict())
+        # A deeper decoder than the source's starts as the source's decoder (extra layers are identities).
+        warm_start_autoencoder(autoencoder, load_autoencoder(config["init_from"]))
     if train_cfg.get("freeze_encoder"):
         # A frozen encoder keeps the latent space fixed, so a UNet trained on it stays valid.
         autoencoder.encoder.requires_grad_(False)
