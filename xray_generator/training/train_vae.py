@@ -28,7 +28,7 @@ from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
 
-LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
+LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "latent_drift", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
 
 
 def load_config(path: str | Path) -> dict:
@@ -75,10 +75,23 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         # Decoder fine-tuning (as Stable Diffusion's ft-MSE VAE): start from a trained autoencoder.
         # A deeper decoder than the source's starts as the source's decoder (extra layers are identities).
         warm_start_autoencoder(autoencoder, load_autoencoder(config["init_from"]))
+    if train_cfg.get("freeze_encoder") and train_cfg.get("freeze_decoder"):
+        raise ValueError("freeze_encoder and freeze_decoder together leave nothing to train")
     if train_cfg.get("freeze_encoder"):
         # A frozen encoder keeps the latent space fixed, so a UNet trained on it stays valid.
         autoencoder.encoder.requires_grad_(False)
         autoencoder.quant_conv.requires_grad_(False)
+    anchor = None
+    if train_cfg.get("freeze_decoder"):
+        # A frozen decoder leaves generation (UNet latents -> decoder) exactly as it was; the encoder
+        # learns latents this decoder reconstructs better. The anchor term keeps them near the
+        # original encoder's, so the latents the UNet was trained on stay the ones it sees when editing.
+        autoencoder.decoder.requires_grad_(False)
+        autoencoder.post_quant_conv.requires_grad_(False)
+        if train_cfg.get("latent_anchor_weight", 0.0) > 0:
+            anchor = build_autoencoder(config["model"])
+            anchor.load_state_dict(autoencoder.state_dict())
+            anchor.requires_grad_(False).eval()
     autoencoder = autoencoder.to(memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32))
     trainable = [p for p in autoencoder.parameters() if p.requires_grad]
@@ -143,6 +156,12 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         mean, logvar = posterior.mean.float(), posterior.logvar.float()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
         loss = l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term + train_cfg["kl_weight"] * kl
+        drift = torch.zeros(())
+        if anchor is not None:
+            with torch.no_grad():
+                anchor_mean = anchor.encode(x).latent_dist.mean.float()
+            drift = (mean - anchor_mean).pow(2).mean()
+            loss = loss + train_cfg["latent_anchor_weight"] * drift
         adv_g = torch.zeros(())
         if use_adv:
             with accelerator.autocast():
@@ -179,7 +198,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                 "step": state["step"], "samples_seen": state["samples_seen"],
                 "wall_seconds": round(schedule.wall_seconds(), 1),
                 "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(),
-                "kl": kl.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(), "lr": lr,
+                "kl": kl.item(), "latent_drift": drift.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(), "lr": lr,
                 "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
             })
         if out_of_time:
