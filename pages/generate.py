@@ -136,7 +136,8 @@ def latent_diffusion_form(pipe) -> None:
     # Defaults go into session_state once, so widgets never get both a default and a state value.
     for key, value in {"prompt": "PA chest radiograph: no acute cardiopulmonary abnormality.", "negative_prompt": "",
                        "sampler": defaults["sampler"], "steps": int(defaults["num_inference_steps"]),
-                       "guidance": float(defaults["guidance_scale"]), "seed_mode": "Random", "seed": 0, "num_images": 1,
+                       "guidance": float(defaults["guidance_scale"]),
+                       "guidance_fraction": float(defaults.get("guidance_fraction", 1.0)), "seed_mode": "Random", "seed": 0, "num_images": 1,
                        "resolution": studio.NATIVE_RESOLUTION, "preset": "None"}.items():
         st.session_state.setdefault(key, value)
 
@@ -151,9 +152,11 @@ def latent_diffusion_form(pipe) -> None:
     left.selectbox("Sampler", sorted(SAMPLERS), key="sampler")
     middle.slider("Steps", 1, 100, key="steps", help="Time grows linearly with steps.")
     right.slider("Guidance", 0.0, float(min(MAX_GUIDANCE, 15.0)), step=0.5, key="guidance",
-                 help="Classifier-free guidance; 1 or less turns it off (one network pass per step). "
-                      f"The model guides the first {defaults.get('guidance_fraction', 1.0):.0%} of the steps, noisiest first; "
-                      "the rest take one network pass each.")
+                 help="Classifier-free guidance; 1 or less turns it off (one network pass per step).")
+    st.slider("Guided share of the steps", 0.05, 1.0, step=0.01, key="guidance_fraction",
+              help="Guidance runs on this share of the steps, noisiest first (rounded up to whole steps); the rest take "
+                   f"one network pass each. The model's default is {defaults.get('guidance_fraction', 1.0):.2f}: guiding the "
+                   "late, low-noise steps over-contrasts the films (see the README's sampler comparison).")
     left, middle, right = st.columns(3)
     left.radio("Seed", ["Random", "Fixed"], key="seed_mode", horizontal=True)
     middle.number_input("Seed value", min_value=0, max_value=2**31 - 1, step=1, key="seed",
@@ -176,6 +179,7 @@ def latent_diffusion_form(pipe) -> None:
             sampler=st.session_state["sampler"],
             steps=int(st.session_state["steps"]),
             guidance=float(st.session_state["guidance"]),
+            guidance_fraction=float(st.session_state["guidance_fraction"]),
             seed=seed,
             num_images=int(st.session_state["num_images"]),
             resolution=int(st.session_state["resolution"]),

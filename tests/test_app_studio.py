@@ -98,8 +98,16 @@ def test_upscaled_and_enhanced_output_is_labelled(pipe):
     assert item.caption.startswith("SYNTHETIC") and "upscaled from 256" in item.caption
 
 
+def test_the_guided_share_reaches_the_pipeline_and_its_metadata(pipe):
+    result = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=1, steps=4, guidance_fraction=0.5))
+    assert result.images[0].metadata["guidance_fraction"] == 0.5
+    default = studio.generate_images(pipe, studio.GenerationRequest("pneumonia", seed=1, steps=4))
+    assert default.images[0].metadata["guidance_fraction"] == pipe.generation_defaults["guidance_fraction"]
+
+
 @pytest.mark.parametrize("change, message", [({"prompt": " "}, "prompt is empty"), ({"resolution": 300}, "resolution"),
-                                             ({"num_images": 0}, "number of images")])
+                                             ({"num_images": 0}, "number of images"), ({"guidance_fraction": 0.0}, "guided share"),
+                                             ({"guidance_fraction": float("nan")}, "guided share")])
 def test_bad_requests_raise_value_errors_with_a_message(pipe, change, message):
     with pytest.raises(ValueError, match=message):
         studio.generate_images(pipe, studio.GenerationRequest(**{"prompt": "pneumonia", **change}))

@@ -308,6 +308,7 @@ class GenerationRequest:
     sampler: str | None = None
     steps: int | None = None
     guidance: float | None = None
+    guidance_fraction: float | None = None
     seed: int = 0
     num_images: int = 1
     resolution: int = NATIVE_RESOLUTION
@@ -342,6 +343,11 @@ class GenerationRequest:
             and np.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE
         ):
             raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE}, got {self.guidance!r}")
+        if self.guidance_fraction is not None and not (
+            isinstance(self.guidance_fraction, (int, float, np.integer, np.floating)) and not isinstance(self.guidance_fraction, bool)
+            and np.isfinite(self.guidance_fraction) and 0 < self.guidance_fraction <= 1
+        ):
+            raise ValueError(f"the guided share of the steps must be a number above 0 and at most 1, got {self.guidance_fraction!r}")
         if self.sampler is not None and not isinstance(self.sampler, str):
             raise ValueError(f"sampler must be a name such as 'dpm++', got {self.sampler!r}")
 
@@ -442,6 +448,7 @@ def generate_images(
             negative_prompt=request.negative_prompt or None,
             num_inference_steps=steps,
             guidance_scale=request.guidance,
+            guidance_fraction=request.guidance_fraction,
             seed=int(request.seed) + index,
             sampler=request.sampler,
             height=NATIVE_RESOLUTION,
