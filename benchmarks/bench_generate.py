@@ -78,7 +78,7 @@ def main() -> None:
     rss_default = peak_rss_mb()
     edit_times = time_edits(pipe, read_gray(EDIT_SOURCE), args.repeats)
     alternative_times = {
-        f"{steps}:{fraction}": time_calls(pipe, args.repeats, num_inference_steps=steps, guidance_fraction=fraction)
+        (steps, fraction): time_calls(pipe, args.repeats, num_inference_steps=steps, guidance_fraction=fraction)
         for steps, fraction in alternatives
     }
 
@@ -102,9 +102,9 @@ def main() -> None:
         "speedup": round(r_med / d_med, 2),
         "edit": {"settings": {**defaults, "strength": 0.5, "precision": default_precision}, "n": len(edit_times), "median_s": round(statistics.median(edit_times), 4), "all_s": [round(t, 4) for t in edit_times]},
         "alternatives": {
-            key: {"settings": pipe.resolve_settings(num_inference_steps=int(key.split(":")[0]), guidance_fraction=float(key.split(":")[1])),
-                  "n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
-            for key, times in alternative_times.items()
+            f"{steps}:{fraction}": {"settings": pipe.resolve_settings(num_inference_steps=steps, guidance_fraction=fraction),
+                                    "n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
+            for (steps, fraction), times in alternative_times.items()
         },
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -115,8 +115,7 @@ def main() -> None:
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
-    for key, times in alternative_times.items():
-        steps_alt, fraction = key.split(":")
+    for (steps_alt, fraction), times in alternative_times.items():
         print(f"also      ({steps_alt} steps, guided share {fraction}): median {statistics.median(times):.3f} s over {len(times)}, {statistics.median(times) / d_med:.2f}x the default")
     print(f"peak RSS: {rss_default:.0f} MB after the default runs, {peak_rss_mb():.0f} MB overall")
     if args.json:

@@ -338,15 +338,9 @@ class GenerationRequest:
             raise ValueError(f"seed must be a non-negative integer below 2**63, got {self.seed!r}")
         if self.steps is not None and (not _is_integer(self.steps) or not 1 <= self.steps <= MAX_STEPS):
             raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {self.steps!r}")
-        if self.guidance is not None and not (
-            isinstance(self.guidance, (int, float, np.integer, np.floating)) and not isinstance(self.guidance, bool)
-            and np.isfinite(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE
-        ):
+        if self.guidance is not None and not (_is_finite_number(self.guidance) and 0 <= self.guidance <= MAX_GUIDANCE):
             raise ValueError(f"guidance must be a number from 0 to {MAX_GUIDANCE}, got {self.guidance!r}")
-        if self.guidance_fraction is not None and not (
-            isinstance(self.guidance_fraction, (int, float, np.integer, np.floating)) and not isinstance(self.guidance_fraction, bool)
-            and np.isfinite(self.guidance_fraction) and 0 < self.guidance_fraction <= 1
-        ):
+        if self.guidance_fraction is not None and not (_is_finite_number(self.guidance_fraction) and 0 < self.guidance_fraction <= 1):
             raise ValueError(f"the guided share of the steps must be a number above 0 and at most 1, got {self.guidance_fraction!r}")
         if self.sampler is not None and not isinstance(self.sampler, str):
             raise ValueError(f"sampler must be a name such as 'dpm++', got {self.sampler!r}")
@@ -354,6 +348,10 @@ class GenerationRequest:
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and bool(np.isfinite(value))
 
 
 @dataclass
