@@ -130,6 +130,35 @@ def test_an_encoder_fine_tune_keeps_the_decoder_and_logs_latent_drift(vae_run, t
         train_vae.train_vae(dict(config, train=dict(config["train"], freeze_encoder=True)), tmp_path / "frozen", data_dir=SAMPLE)
 
 
+def test_a_deeper_encoder_warm_starts_exactly_and_ships_with_the_decoder_untouched(vae_run, tmp_path):
+    import torch
+
+    from xray_generator.models.autoencoder import build_autoencoder, load_autoencoder, warm_start_autoencoder
+
+    source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    source = load_autoencoder(source_dir)
+    depth = source.config.layers_per_block
+    deep_config = dict(tiny_config("vae_tiny.json")["model"], layers_per_block=depth + 1, decoder_layers_per_block=depth)
+
+    # The extra encoder resnets start as identities: same latents, and the decoder is the source's.
+    deep = build_autoencoder(deep_config)
+    warm_start_autoencoder(deep, source)
+    assert len(deep.encoder.down_blocks[0].resnets) == depth + 1
+    assert len(deep.decoder.up_blocks[0].resnets) == len(source.decoder.up_blocks[0].resnets)
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(deep.eval().encode(x).latent_dist.mean, source.encode(x).latent_dist.mean)
+
+    # Fine-tuned with the decoder frozen and the latents anchored, it exports, loads strictly and
+    # ships: ship-autoencoder sees an unchanged decoder.
+    config = tiny_config("vae_tiny.json", max_steps=1, freeze_decoder=True, latent_anchor_weight=1.0)
+    config["model"], config["init_from"] = deep_config, str(source_dir)
+    train_vae.train_vae(config, tmp_path / "deep_encoder_run", data_dir=SAMPLE)
+    tuned = load_autoencoder(train_vae.export_autoencoder(tmp_path / "deep_encoder_run", tmp_path / "deep_encoder"))
+    assert len(tuned.encoder.down_blocks[0].resnets) == depth + 1
+    assert train_ldm.same_part(tuned, source, train_ldm.DECODER_PARTS)
+
+
 def test_the_checkpoint_schedule_saves_on_interval_budget_and_last_step(monkeypatch):
     import xray_generator.training.checkpointing as checkpointing
 
@@ -189,7 +218,7 @@ def test_a_deeper_decoder_warm_starts_trains_and_ships_with_the_encoder_untouche
     z = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         assert torch.equal(deep.eval().decode(z).sample, source.decode(z).sample)
-    with pytest.raises(ValueError, match="beyond decoder depth"):
+    with pytest.raises(ValueError, match="beyond encoder or decoder depth"):
         warm_start_autoencoder(build_autoencoder(dict(deep_config, latent_channels=8)), source)
 
     # Fine-tune it with the encoder frozen; the exported folder round-trips through load_autoencoder.

@@ -25,9 +25,11 @@ DEFAULT_AUTOENCODER_CONFIG: dict = {
 }
 
 
-# diffusers' AutoencoderKL gives encoder and decoder the same depth. Our one extension is a deeper
-# decoder (`decoder_layers_per_block`): decoding cost can grow while the encoder, and with it the
-# latent space a trained UNet depends on, stays exactly as it was.
+# diffusers' AutoencoderKL builds its encoder with `layers_per_block` resnets per block and its
+# decoder one deeper. Our one extension is `decoder_layers_per_block`, which sets the decoder's
+# depth on its own. With it either half can grow while the other stays exactly as it was: a
+# deeper decoder keeps the latent space a trained UNet depends on, and a deeper encoder
+# (`layers_per_block` raised, `decoder_layers_per_block` kept) keeps generation unchanged.
 DECODER_DEPTH_KEY = "decoder_layers_per_block"
 
 
@@ -66,10 +68,11 @@ def load_autoencoder(folder: str | Path) -> AutoencoderKL:
 
 
 def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None:
-    """Copy `source` into `target`, whose decoder may be deeper; the result decodes exactly as `source`.
+    """Copy `source` into `target`, whose encoder or decoder may be deeper; the result encodes and
+    decodes exactly as `source`.
 
-    Each extra decoder resnet has its last convolution zeroed, which makes it the identity
-    (a resnet adds its residual branch to its input), so fine-tuning starts from the trained decoder.
+    Each extra resnet has its last convolution zeroed, which makes it the identity
+    (a resnet adds its residual branch to its input), so fine-tuning starts from the trained autoencoder.
     """
     target_state = target.state_dict()
     source_state = source.state_dict()
@@ -77,9 +80,9 @@ def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None
     unexpected = sorted(set(source_state) - set(target_state))
     reshaped = sorted(key for key in set(source_state) & set(target_state) if source_state[key].shape != target_state[key].shape)
     extra = {key.rsplit(".", 2)[0] for key in missing}
-    if unexpected or reshaped or any(not re.fullmatch(r"decoder\.up_blocks\.\d+\.resnets\.\d+", prefix) for prefix in extra):
+    if unexpected or reshaped or any(not re.fullmatch(r"encoder\.down_blocks\.\d+\.resnets\.\d+|decoder\.up_blocks\.\d+\.resnets\.\d+", prefix) for prefix in extra):
         raise ValueError(
-            "cannot warm-start: the architectures differ beyond decoder depth "
+            "cannot warm-start: the architectures differ beyond encoder or decoder depth "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, other shapes {reshaped[:3]})"
         )
     target.load_state_dict(source_state, strict=False)
