@@ -67,6 +67,26 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
     assert abs(pipe.vae.config.scaling_factor - json.loads((CheckpointDir(run).latest() / "state.json").read_text())["latent_scale"]) < 1e-6
 
 
+def test_the_model_card_records_every_stage_and_refuses_unknown_ones(vae_run, tmp_path):
+    from xray_generator.training import model_card
+    from xray_generator.weights import verify_manifest
+
+    autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("ldm_tiny.json", max_steps=1)
+    config["autoencoder"], config["cache_dir"] = str(autoencoder), str(tmp_path / "cache")
+    train_ldm.train_ldm(config, tmp_path / "ldm_run", data_dir=SAMPLE)
+    weights = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "weights")
+    finetunes = [vae_run] * len(model_card.FINETUNE_STAGES)  # one tiny run standing in for each stage
+
+    card = model_card.write_card(weights, vae_run, tmp_path / "ldm_run", n_recon=2, vae_finetune_runs=finetunes).read_text()
+    for name in ["vae", *model_card.FINETUNE_STAGES, "ldm"]:
+        assert model_card.STAGE_TITLES[name] in card and (weights / f"training_log_{name}.csv").is_file()
+    assert "n = 2" in card and (weights / "card" / "samples.png").is_file()
+    verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
+    with pytest.raises(ValueError, match="stages"):
+        model_card.write_card(weights, vae_run, tmp_path / "ldm_run", n_recon=2, vae_finetune_runs=finetunes + [vae_run])
+
+
 def test_ship_autoencoder_swaps_one_half_and_refuses_both_changed(vae_run, tmp_path):
     import torch
 

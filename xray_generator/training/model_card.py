@@ -88,8 +88,11 @@ STAGE_TITLES = {
     "vae_decoder_finetune": "VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged)",
     "vae_decoder_finetune_2": "VAE decoder fine-tune 2 (encoder frozen; all full frames, SSIM weight 1.0)",
     "vae_encoder_finetune": "VAE encoder fine-tune (decoder frozen, so generation is unchanged; latents anchored to the previous encoder's)",
+    "vae_encoder_finetune_2": "VAE encoder fine-tune 2 (decoder frozen, latents anchored; SSIM weight 3.0)",
     "ldm": "UNet",
 }
+# The autoencoder fine-tunes in the order they were applied; `--vae-finetune-run` names their runs in this order.
+FINETUNE_STAGES = [name for name in STAGE_TITLES if name not in ("vae", "ldm")]
 
 
 def training_stage(name: str, run: Path | None, recorded: dict) -> dict:
@@ -109,6 +112,9 @@ def training_stage(name: str, run: Path | None, recorded: dict) -> dict:
 
 def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None,
                vae_finetune_runs: list[Path] | None = None) -> Path:
+    vae_finetune_runs = vae_finetune_runs or []
+    if len(vae_finetune_runs) > len(FINETUNE_STAGES):
+        raise ValueError(f"{len(vae_finetune_runs)} fine-tune runs given, but the card knows {len(FINETUNE_STAGES)} stages: {FINETUNE_STAGES}")
     pipe = XRayDiffusionPipeline.from_pretrained(weights)
     manifest = load_manifest()
     test = manifest.query(split="test", native_px=256)
@@ -121,8 +127,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
     stages_path = weights / STAGES_FILE
     recorded = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
-    finetune_names = ["vae_decoder_finetune", "vae_decoder_finetune_2", "vae_encoder_finetune"][: len(vae_finetune_runs or [])]
-    runs = [("vae", vae_run), *zip(finetune_names, vae_finetune_runs or []), ("ldm", ldm_run)]
+    runs = [("vae", vae_run), *zip(FINETUNE_STAGES, vae_finetune_runs), ("ldm", ldm_run)]
     stages = {name: training_stage(name, run, recorded) for name, run in runs}
     for name, run in runs:
         if (run / "log.csv").is_file():
@@ -196,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
     parser.add_argument("--vae-finetune-run", nargs="*", default=[],
-                        help="run folders of the autoencoder fine-tunes, in order: decoder, decoder 2, encoder (the last is shipped in weights/ldm/vae)")
+                        help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     args = parser.parse_args(argv)
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
