@@ -69,7 +69,7 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
 
 def test_the_model_card_records_every_stage_and_refuses_unknown_ones(vae_run, tmp_path):
     from xray_generator.training import model_card
-    from xray_generator.weights import verify_manifest
+    from xray_generator.weights import sha256_file, verify_manifest
 
     autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
     config = tiny_config("ldm_tiny.json", max_steps=1)
@@ -82,7 +82,10 @@ def test_the_model_card_records_every_stage_and_refuses_unknown_ones(vae_run, tm
     for name in ["vae", *model_card.FINETUNE_STAGES, "ldm"]:
         assert model_card.STAGE_TITLES[name] in card and (weights / f"training_log_{name}.csv").is_file()
     assert "n = 2" in card and (weights / "card" / "samples.png").is_file()
-    verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
+    digest = verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
+    # The card names its model files' hashes, never a stale folder hash (the manifest it is part of
+    # is written after it, so it cannot name the final one).
+    assert sha256_file(weights / "vae" / "diffusion_pytorch_model.safetensors")[:16] in card and digest not in card
     with pytest.raises(ValueError, match="stages"):
         model_card.write_card(weights, vae_run, tmp_path / "ldm_run", n_recon=2, vae_finetune_runs=finetunes + [vae_run])
 

@@ -22,7 +22,7 @@ from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 from xray_generator.training.checkpointing import CheckpointDir, atomic_write_text
 from xray_generator.training.train_ldm import write_sample_grid
-from xray_generator.weights import write_manifest
+from xray_generator.weights import sha256_file, write_manifest
 
 CARD_PROMPTS = (
     "Normal pediatric chest radiograph, clear lungs.",
@@ -146,9 +146,18 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
     params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_projection")}
     params["text_encoder (frozen)"] = sum(p.numel() for p in pipe.text_encoder.model.parameters())
+    # The weights hash covers MANIFEST.json, which is rewritten after this card, so the card names
+    # the model files' own hashes instead: printing pipe.weights_hash here would print a stale value.
+    model_files = ", ".join(
+        f"`{path.relative_to(weights)}` `{sha256_file(path)[:16]}`" for path in sorted(weights.glob("*/*.safetensors"))
+    )
     card = f"""# Latent diffusion chest X-ray generator (`weights/ldm`)
 
-**Synthetic images for research use only. Not for clinical use.** Weights hash `{pipe.weights_hash}`.
+**Synthetic images for research use only. Not for clinical use.**
+
+Model files (sha256, first 16 hex digits): {model_files}.
+The folder's weights hash, which every output and metrics file records, is the sha256 of `MANIFEST.json`;
+the manifest also lists this card, so the card cannot state it (the app's Model analysis page shows it).
 
 ## Model
 | part | parameters | notes |
