@@ -80,10 +80,16 @@ def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Pa
 
 @torch.no_grad()
 def cache_text(encoder: FrozenTextEncoder, manifest: Manifest, variants: int, cache_file: Path) -> dict[str, torch.Tensor]:
-    """Unique prompts' encoder states (bf16) and masks, plus each image's variant -> prompt index table."""
+    """Unique prompts' encoder states (bf16) and masks, plus each image's variant -> prompt index table.
+
+    The cache file's name carries a digest of the prompts, so a change to the prompt builder (or its
+    report table) re-encodes instead of silently training on the old prompts.
+    """
+    per_image = [prompt_variants(row, variants) for _, row in manifest.table.iterrows()]
+    digest = hashlib.sha256(json.dumps(per_image).encode()).hexdigest()[:12]
+    cache_file = cache_file.with_name(f"{cache_file.stem}_prompts-{digest}{cache_file.suffix}")
     if cache_file.is_file():
         return load_file(str(cache_file))
-    per_image = [prompt_variants(row, variants) for _, row in manifest.table.iterrows()]
     unique = sorted({p for prompts in per_image for p in prompts} | {""})
     index = {p: i for i, p in enumerate(unique)}
     states, masks = [], []
