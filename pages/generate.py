@@ -146,6 +146,10 @@ def latent_diffusion_form(pipe) -> None:
                  placeholder="Pick an example (finding vocabulary, or real IU report text) to fill the prompt",
                  help="IU report examples are verbatim report text (licence not stated; research use only).")
     st.text_area("Prompt", key="prompt", height=90, max_chars=2000)
+    # Findings the model saw rarely or never (issue 18): a self-contained block under the prompt.
+    from xray_generator.model_vocabulary import load_training_vocabulary, prompt_notices
+    for notice in prompt_notices(st.session_state["prompt"], load_training_vocabulary(getattr(pipe, "weights_folder", "."))):
+        st.warning(f"Training data: {notice}", icon="⚠️")
     st.text_input("Negative prompt (optional)", key="negative_prompt", help="What to steer away from, e.g. 'lateral view, text'.")
 
     left, middle, right = st.columns(3)

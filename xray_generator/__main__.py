@@ -5,6 +5,7 @@
     python -m xray_generator generate --model dcgan_conditional --condition Pneumonia --n 4 -o batch/
     python -m xray_generator generate --model cvae --source NORMAL.png --condition Pneumonia -o out.png
     python -m xray_generator edit --image IN.png --prompt "right lower lobe pneumonia" --strength 0.5 --region right-lower -o OUT.png
+    python -m xray_generator vocabulary          # findings the shipped model was trained on, with counts
     python -m xray_generator verify-weights
 """
 from __future__ import annotations
@@ -33,6 +34,36 @@ def _load_pipeline(args):
         return XRayDiffusionPipeline.from_pretrained(folder, text_encoder=args.text_encoder)
     except (WeightsError, TextEncoderError, UnknownGeneratorError, FileNotFoundError) as exc:
         raise CliError(str(exc)) from exc
+
+
+def _model_folder(args) -> Path:
+    from xray_generator.pipelines.registry import generator_folder
+
+    return Path(args.weights) if args.weights else generator_folder(args.model)
+
+
+def _prompt_notices(args) -> list[str]:
+    """Findings the prompt asks for that the model saw rarely or never (negated ones are not requests)."""
+    from xray_generator.model_vocabulary import load_training_vocabulary, prompt_notices
+
+    return prompt_notices(args.prompt, load_training_vocabulary(_model_folder(args)))
+
+
+def command_vocabulary(args) -> int:
+    from xray_generator.model_vocabulary import format_vocabulary, load_training_vocabulary
+    from xray_generator.weights import WeightsError, verify_manifest
+
+    folder = _model_folder(args)
+    try:
+        verify_manifest(folder)
+    except (WeightsError, FileNotFoundError) as exc:
+        raise CliError(str(exc)) from exc
+    vocabulary = load_training_vocabulary(folder)
+    if vocabulary is None:
+        raise CliError(f"{folder} has no training_vocabulary.json (weights exported before it existed; "
+                       "write it with python -m xray_generator.training.train_ldm write-vocabulary)")
+    print(format_vocabulary(vocabulary))
+    return 0
 
 
 def _batch_paths(output: Path, n: int) -> tuple[list[Path], Path]:
@@ -67,6 +98,8 @@ def command_generate(args) -> int:
     if args.prompt is None:
         raise CliError(f"the {args.model} model needs a --prompt (a radiology-style description)")
     pipe = _load_pipeline(args)
+    for notice in _prompt_notices(args):
+        print(f"note: {notice}", file=sys.stderr)
     output = Path(args.output)
     settings = dict(
         negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -347,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(ev)
     ev.set_defaults(func=command_evaluate)
+    voc = sub.add_parser("vocabulary", help="the findings a text-to-image model was trained on, with training-image counts")
+    voc.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
+    voc.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
+    voc.set_defaults(func=command_vocabulary)
     ver = sub.add_parser("verify-weights", help="check every family's weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
     return parser

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
+from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
 from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
@@ -129,6 +130,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     if data_cfg.get("max_images"):
         train_manifest.table = train_manifest.table.iloc[: data_cfg["max_images"]]
         val_manifest.table = val_manifest.table.iloc[: data_cfg["max_images"]]
+    # What the model learns from, per finding: exported beside the weights (the honest vocabulary).
+    write_training_vocabulary(run_dir, training_vocabulary(train_manifest.table, f"The train split of {manifest.root}."))
 
     autoencoder_dir = Path(config["autoencoder"])
     autoencoder = load_autoencoder(autoencoder_dir)
@@ -328,7 +331,28 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     pipe.generation_defaults.update(config.get("generation_defaults", {}))
     pipe.model_name = config.get("model_name", "ldm")
     pipe.save_pretrained(out_dir)
+    if (run_dir / TRAINING_VOCABULARY_FILE).is_file():
+        vocabulary = json.loads((run_dir / TRAINING_VOCABULARY_FILE).read_text())
+        rewrite_shipped(out_dir, lambda staging: write_training_vocabulary(staging, vocabulary))
     return Path(out_dir)
+
+
+def ship_training_vocabulary(weights: str | Path, data_dir: str | Path | None = None, exclude_sources: tuple[str, ...] = ()) -> Path:
+    """Write a shipped pipeline folder's training_vocabulary.json from the train split it was trained on.
+
+    For weights trained before the file existed: `exclude_sources` names the sources added to the
+    data since (the first UNet saw neither nih_cxr14 nor covid_mhh). Weights are untouched; the
+    MANIFEST is rewritten, so the folder's weights hash changes.
+    """
+    manifest = load_manifest(data_dir)
+    table = manifest.query(split="train").table
+    unknown = set(exclude_sources) - set(manifest.table["source"])
+    if unknown:
+        raise ValueError(f"no source {sorted(unknown)} in {manifest.root}")
+    table = table[~table["source"].isin(exclude_sources)]
+    description = f"The train split of {manifest.root.name}" + (f" without {', '.join(exclude_sources)}" if exclude_sources else "") + "."
+    document = training_vocabulary(table, description)
+    return rewrite_shipped(weights, lambda staging: write_training_vocabulary(staging, document))
 
 
 ENCODER_PARTS = ("encoder.", "quant_conv.")
@@ -428,8 +452,14 @@ def main(argv: list[str] | None = None) -> None:
     defaults.add_argument("--steps", type=int, default=None)
     defaults.add_argument("--guidance", type=float, default=None)
     defaults.add_argument("--guidance-fraction", type=float, default=None)
+    vocab = sub.add_parser("write-vocabulary", help="write a shipped pipeline folder's training_vocabulary.json (weights untouched)")
+    vocab.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
+    vocab.add_argument("--data-dir", default=None)
+    vocab.add_argument("--exclude-source", nargs="*", default=[], help="sources the weights were not trained on")
     args = parser.parse_args(argv)
-    if args.command == "train":
+    if args.command == "write-vocabulary":
+        print(ship_training_vocabulary(args.weights, args.data_dir, tuple(args.exclude_source)))
+    elif args.command == "train":
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
     elif args.command == "ship-autoencoder":
         print(ship_autoencoder(args.autoencoder, args.weights))
