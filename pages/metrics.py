@@ -59,6 +59,15 @@ def metrics_section(statuses) -> None:
     for family in [f for f in list(studio.METRIC_FAMILIES) + ["Other"] if f in set(table["family"])]:
         with _ui.section(f"{family} chart"):
             st.plotly_chart(comparison_chart(table[table["family"] == family], family), key=f"metrics_{family}")
+    spectra = studio.power_spectra(documents)
+    if not spectra.empty:
+        with _ui.section("Power spectrum"):
+            figure = px.line(spectra, x="frequency", y="log10_power", color="set", log_x=True, height=380,
+                             labels={"frequency": "spatial frequency (cycles per pixel)", "log10_power": "mean log10 power"},
+                             title="Radially averaged power spectrum, real vs synthetic (from the realism files)")
+            st.plotly_chart(figure, key="metrics_spectrum")
+            st.caption("Synthetic images are the raw generator output. A set below the real curve at high frequencies "
+                       "lacks fine structure (film texture, vessel edges, trabeculae).")
     st.subheader("Per model")
     for doc in documents:
         rows = table[table["model"] == doc["model"]]

@@ -312,6 +312,17 @@ def command_evaluate(args) -> int:
     return 0
 
 
+def command_realism(args) -> int:
+    from xray_generator.evaluation.realism import run_from_args
+    from xray_generator.weights import WeightsError
+
+    try:
+        run_from_args(args)
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    return 0
+
+
 def command_verify(args) -> int:
     """Every family's weights folder against its MANIFEST.json; alternative families not exported yet are listed, not failed."""
     from xray_generator.pipelines.registry import GENERATOR_FAMILIES, GENERATORS, generator_folder
@@ -384,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
     voc.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
     voc.set_defaults(func=command_vocabulary)
+    rea = sub.add_parser("realism", help="realism test (C2ST) of generated images or the autoencoder's round trip against real films "
+                                         "-> outputs/metrics/realism_<model>[_roundtrip].json")
+    from xray_generator.evaluation.realism import add_arguments as add_realism_arguments
+
+    add_realism_arguments(rea)
+    rea.set_defaults(func=command_realism)
     ver = sub.add_parser("verify-weights", help="check every family's weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
     return parser

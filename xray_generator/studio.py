@@ -944,7 +944,30 @@ METRIC_FAMILIES = {
     "Diversity": ("diversity", "ms_ssim", "lpips", "vendi"),
     "Fidelity": ("fidelity", "condition", "clip", "classifier"),
     "Memorisation": ("memorisation", "memorization", "nearest"),
+    "Realism": ("realism",),
 }
+
+
+def power_spectra(documents: Sequence[dict]) -> pd.DataFrame:
+    """Long table (frequency, set, mean log10 power) of the power spectra recorded in realism metrics files.
+
+    Read from the files as the realism test wrote them; nothing is recomputed. The real films
+    appear once per image size.
+    """
+    rows, real_sizes = [], set()
+    for doc in documents:
+        spectra = doc.get("settings", {}).get("power_spectrum")
+        if not spectra:
+            continue
+        frequency = spectra["frequency_cycles_per_pixel"]
+        size = 2 * len(frequency)
+        series = [(f"{doc['model']} (n={doc['settings'].get('n_other', '?')})", spectra["other_mean_log10_power"])]
+        if size not in real_sizes:
+            real_sizes.add(size)
+            series.insert(0, (f"real held-out films ({size} px)", spectra["real_mean_log10_power"]))
+        for name, values in series:
+            rows += [{"frequency": f, "set": name, "log10_power": v} for f, v in zip(frequency, values)]
+    return pd.DataFrame(rows, columns=["frequency", "set", "log10_power"])
 
 
 def metric_family(name: str) -> str:

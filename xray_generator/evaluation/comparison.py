@@ -6,7 +6,8 @@
 One row per family of the registry: time per image, parameters, FID against its real-vs-real
 floor, PRDC precision / recall, intra-prompt MS-SSIM diversity next to its real reference,
 condition fidelity (AUROC, pneumonia vs normal requests) next to the real-image AUROC,
-memorisation and n. The CVAE's paired translation metrics get a table of their own. A family
+memorisation and n. The CVAE's paired translation metrics get a table of their own, and the
+realism test (`outputs/metrics/realism_*.json`) a third. A family
 without a metrics file is listed as not evaluated yet, with the command that makes the file.
 Every number printed is read from a metrics file; none is typed in here.
 
@@ -188,6 +189,38 @@ def comparison_markdown(documents: dict[str, dict | str | None]) -> str:
     return "\n".join(lines)
 
 
+REALISM_COLUMNS = ("real films vs", "C2ST accuracy [95 % CI] (real-vs-real floor)", "classifier",
+                   "worst power-spectrum band: gap in log10 power (floor)", "CNN detector accuracy (floor)", "n per set", "weights")
+
+
+def realism_row(document: dict) -> list[str]:
+    """The cells of one realism file (`xray_generator.evaluation.realism`)."""
+    metrics = {metric["name"]: metric for metric in document["metrics"]}
+    c2st, spectrum = metrics["realism_c2st_accuracy"], metrics["realism_spectrum_max_band_gap"]
+    cnn = metrics.get("realism_cnn_detector_accuracy")
+    c2st_cell = f"{_unit(c2st['value'])} [{_unit(c2st['ci']['low'])}, {_unit(c2st['ci']['high'])}] ({_unit(c2st['floor']['value'])})"
+    band = spectrum["extra"]["worst_band"]
+    spectrum_cell = f"{spectrum['extra']['worst_gap']:+.2f} at {band} cycles/px ({_number(spectrum['floor']['value'], 2)})"
+    cnn_cell = f"{_unit(cnn['value'])} ({_unit(cnn['floor']['value'])})" if cnn else "not run"
+    weights = (document.get("weights_sha256") or "")[:16]
+    return [document["model"], c2st_cell, c2st["extra"]["classifier"], spectrum_cell, cnn_cell, f"{c2st['n']['real']:,}", f"`{weights}`"]
+
+
+def realism_markdown(documents: list[dict]) -> str:
+    """The realism table (one row per `outputs/metrics/realism_*.json`) and how to read it."""
+    if not documents:
+        return ("Realism (C2ST): not measured yet: `python -m xray_generator realism --model ldm --roundtrip` and "
+                "`python -m xray_generator realism --model <family>`.")
+    lines = ["Realism: can a plain classifier tell real held-out films (stored at 256 px) from each set? Written by "
+             "`python -m xray_generator realism`, on the raw generator output (8-bit, nothing applied after decoding):", ""]
+    lines += _table(REALISM_COLUMNS, [realism_row(document) for document in documents])
+    lines += ["", "C2ST: the better of a logistic regression and a gradient-boosted classifier on radial power-spectrum bands, "
+              "gradient statistics and the intensity histogram, 5-fold cross-validated with folds grouped by patient; 0.5 is "
+              "chance. The floor is real against real with disjoint patients. The spectrum gap is the set's mean log10 power "
+              "minus the real films' in its worst band (target: within ±0.15 in every band). The CNN detector is reported only."]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, block: str) -> str:
     """`text` with everything between the comparison markers replaced by `block`; ValueError without both markers in order."""
     start, end = text.find(START_MARKER), text.find(END_MARKER)
@@ -209,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-dir", default=None, help="folder of the metrics files (default outputs/metrics)")
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="the README to update (default the repository's)")
     args = parser.parse_args(argv)
-    block = comparison_markdown(load_family_metrics(args.metrics_dir))
+    from xray_generator.evaluation.realism import load_realism_documents
+
+    block = comparison_markdown(load_family_metrics(args.metrics_dir)) + "\n\n" + realism_markdown(load_realism_documents(args.metrics_dir))
     print(block)
     if args.write_readme:
         try:

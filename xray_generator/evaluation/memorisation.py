@@ -183,18 +183,28 @@ def memorisation_rate(correlations: np.ndarray, threshold: float = 0.95) -> dict
         raise ValueError(f"threshold must be a correlation in [-1, 1], got {threshold}")
     n = values.size
     flagged = int(np.count_nonzero(values >= threshold))
-    rate = flagged / n
-    z = 1.959963984540054  # two-sided 95 % normal quantile
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half_width = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low, high = wilson_interval(flagged, n)
     return {
-        "value": rate,
+        "value": flagged / n,
         "n_flagged": flagged,
         "n": n,
         "threshold": float(threshold),
-        # At 0 or n flagged the bound is exactly 0 or 1; the formula leaves rounding residue.
-        "ci_low": 0.0 if flagged == 0 else max(0.0, centre - half_width),
-        "ci_high": 1.0 if flagged == n else min(1.0, centre + half_width),
+        "ci_low": low,
+        "ci_high": high,
         "ci_level": 0.95,
         "ci_method": "Wilson score",
     }
+
+
+def wilson_interval(successes: int, n: int) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion `successes / n` (Wilson 1927)."""
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    rate = successes / n
+    z = 1.959963984540054  # two-sided 95 % normal quantile
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half_width = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0 or n successes the bound is exactly 0 or 1; the formula leaves rounding residue.
+    low = 0.0 if successes == 0 else max(0.0, centre - half_width)
+    high = 1.0 if successes == n else min(1.0, centre + half_width)
+    return low, high
