@@ -143,10 +143,22 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
     val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
     shift, scale = latent_statistics(train_latents)
+    shipped = None
+    if config.get("init_from"):
+        # Fine-tuning a shipped pipeline (verified against its MANIFEST) on this data: its UNet learned
+        # latents of exactly this encoder, normalised by its own statistics. New statistics (the data
+        # changed) would shift every input it sees, so the shipped ones are kept.
+        shipped = XRayDiffusionPipeline.from_pretrained(config["init_from"], text_encoder=encoder, torch_dtype=torch.float32)
+        check_same_encoder(autoencoder, shipped.vae, str(autoencoder_dir))
+        shift, scale = float(shipped.vae.config.shift_factor or 0.0), float(shipped.vae.config.scaling_factor)
     autoencoder.register_to_config(scaling_factor=scale, shift_factor=shift)
 
     unet = build_unet(config["unet"])
     projection = TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
+    if shipped is not None:
+        unet.load_state_dict(shipped.unet.float().state_dict(), strict=True)
+        projection.load_state_dict(shipped.text_projection.float().state_dict(), strict=True)
+        del shipped
     noise_scheduler = DDPMScheduler(**config["scheduler"])
     params = list(unet.parameters()) + list(projection.parameters())
     opt = torch.optim.AdamW(params, lr=train_cfg["lr"], betas=(0.9, 0.999), weight_decay=train_cfg.get("weight_decay", 0.01))

@@ -1,0 +1,65 @@
+"""Fine-tuning a shipped latent diffusion pipeline on new data (`init_from`): it starts from the
+shipped UNet and text projection, keeps the shipped latent statistics, and refuses another encoder."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from xray_generator.training import train_ldm, train_vae
+from xray_generator.training.checkpointing import CheckpointDir
+
+SAMPLE = REPO / "dataset"
+
+
+def tiny_config(name: str, **train_overrides) -> dict:
+    config = json.loads((REPO / "configs" / name).read_text())
+    config["train"].update(train_overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """A tiny pipeline trained for 2 steps and exported like weights/ldm, and the config that made it."""
+    root = tmp_path_factory.mktemp("finetune")
+    vae_run = root / "vae_run"
+    train_vae.train_vae(tiny_config("vae_tiny.json", max_steps=1), vae_run, data_dir=SAMPLE)
+    config = tiny_config("ldm_tiny.json", max_steps=2)
+    config["autoencoder"] = str(train_vae.export_autoencoder(vae_run, root / "autoencoder"))
+    config["cache_dir"] = str(root / "cache")
+    train_ldm.train_ldm(config, root / "ldm_run", data_dir=SAMPLE)
+    return train_ldm.export_pipeline(root / "ldm_run", root / "weights"), config, root
+
+
+def test_a_fine_tune_starts_from_the_shipped_weights_and_keeps_their_latent_statistics(shipped, tmp_path):
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    weights, config, _ = shipped
+    original = XRayDiffusionPipeline.from_pretrained(weights, torch_dtype=torch.float32)
+    finetune = json.loads(json.dumps(config))
+    finetune.update(init_from=str(weights), autoencoder=str(weights / "vae"), cache_dir=str(tmp_path / "cache"))
+    # Another share of the data: its own latent statistics differ from the shipped ones.
+    finetune["data"]["max_images"] = 8
+    finetune["train"].update(lr=0.0, max_steps=1)  # no update: the exported weights must be the shipped ones
+    train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
+    state = json.loads((CheckpointDir(tmp_path / "run").latest() / "state.json").read_text())
+    assert state["latent_scale"] == pytest.approx(original.vae.config.scaling_factor, abs=1e-7)
+    assert state["latent_shift"] == pytest.approx(original.vae.config.shift_factor, abs=1e-7)
+    tuned = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(tmp_path / "run", tmp_path / "exported"), torch_dtype=torch.float32)
+    for ours, theirs in ((tuned.unet, original.unet), (tuned.text_projection, original.text_projection)):
+        theirs_state = theirs.state_dict()
+        for name, tensor in ours.state_dict().items():
+            assert torch.equal(tensor, theirs_state[name]), name
+
+
+def test_a_fine_tune_refuses_an_autoencoder_whose_encoder_is_not_the_shipped_one(shipped, tmp_path):
+    weights, config, root = shipped
+    other_run = root / "other_vae"
+    train_vae.train_vae(tiny_config("vae_tiny.json", max_steps=1, seed=5), other_run, data_dir=SAMPLE)
+    finetune = json.loads(json.dumps(config))
+    finetune.update(init_from=str(weights), autoencoder=str(train_vae.export_autoencoder(other_run, tmp_path / "other")),
+                    cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="different encoder"):
+        train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
