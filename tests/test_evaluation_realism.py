@@ -172,3 +172,30 @@ def test_the_comparison_table_and_the_dashboard_read_the_realism_files(tiny_pipe
 def test_roundtrip_is_refused_for_a_family_without_an_autoencoder():
     with pytest.raises(ValueError, match="--roundtrip"):
         realism.judged_sets("dcgan", True, 20, 0, SAMPLE, generator=object())
+
+
+def test_the_model_card_gets_a_realism_section_with_the_spectrum_and_the_grid(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from PIL import Image as PILImage
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+    from xray_generator.training import model_card
+    from xray_generator.weights import verify_manifest
+
+    weights = tmp_path / "ldm"
+    shutil.copytree(tiny_pipeline_dir, weights)
+    (weights / "README.md").write_text("# card\n")
+    from xray_generator.weights import write_manifest
+
+    write_manifest(weights)
+    pipe = XRayDiffusionPipeline.from_pretrained(weights)
+    realism.run_realism("ldm", roundtrip=True, seed=0, cnn=False, out_dir=tmp_path / "metrics", data_dir=SAMPLE, generator=pipe)
+    model_card.write_realism_section(weights, tmp_path / "metrics", data_dir=SAMPLE)
+    model_card.write_realism_section(weights, tmp_path / "metrics", data_dir=SAMPLE)  # replaces, never duplicates
+    card = (weights / "README.md").read_text()
+    assert card.startswith("# card") and card.count(model_card.REALISM_START) == 1
+    assert "round trip |" in card and (weights / "card" / "power_spectrum.png").is_file()
+    grid = PILImage.open(weights / "card" / "realism_grid.png")
+    assert grid.width == 3 * 256 and grid.height % 512 == 0
+    verify_manifest(weights)  # the card and its assets are covered by the rewritten manifest

@@ -197,10 +197,88 @@ Rows: input, reconstruction, absolute difference x4.
 Columns: {' | '.join(CARD_PROMPTS)}. Rows: seeds 0, 1, 2.
 
 ![samples](card/samples.png)
-"""
+
+{realism_section(weights, pipe)}"""
     atomic_write_text(stages_path, json.dumps(stages, indent=2) + "\n")
     atomic_write_text(weights / "README.md", card)
     write_manifest(weights)
+    return weights / "README.md"
+
+
+REALISM_START, REALISM_END = "<!-- realism:start -->", "<!-- realism:end -->"
+# One test film per kind of source for the realism grid: paediatric, adult NIH, adult COVID-19.
+REALISM_GRID_SOURCES = ("pneumonia_kermany", "nih_cxr14", "covid_ieee8023")
+
+
+def realism_grid(pipe: XRayDiffusionPipeline, path: Path, data_dir=None, crop: int = 128) -> list[str]:
+    """Rows of real | round trip | generated at 1:1 pixels, each followed by its central `crop` at 2x (nearest).
+
+    The generated image is asked for with the real film's own metadata prompt (seed 0). Returns the films' image ids.
+    """
+    from xray_generator.data.prompts import prompt_variants
+    from xray_generator.evaluation.realism import roundtrip_images
+    from xray_generator.io import to_uint8
+
+    manifest = load_manifest(data_dir)
+    test = manifest.query(split="test", native_px=256).table
+    rows = [test[test["source"] == source].iloc[0] for source in REALISM_GRID_SOURCES if (test["source"] == source).any()]
+    manifest.table = test.loc[[row.name for row in rows]]
+    real = [frame.astype(np.float32) / 255.0 for frame in load_images_uint8(manifest)]
+    trips = roundtrip_images(pipe, real)
+    generated = [np.asarray(pipe(prompt_variants(row, 1)[0], seed=0).images[0], dtype=np.float32) for row in rows]
+    size = real[0].shape[0]
+    start = (size - crop) // 2
+    bands = []
+    for triple in zip(real, trips, generated):
+        bands.append(np.concatenate(triple, axis=1))
+        zoomed = [np.kron(image[start:start + crop, start:start + crop], np.ones((2, 2), np.float32)) for image in triple]
+        bands.append(np.concatenate(zoomed, axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(to_uint8(np.concatenate(bands, axis=0)), mode="L").save(path)
+    return [str(row["image_id"]) for row in rows]
+
+
+def realism_section(weights: Path, pipe: XRayDiffusionPipeline, metrics_dir: Path | None = None, data_dir=None, family: str = "ldm") -> str:
+    """The card's realism section: the realism test's figures for this model (read from its metrics files), the power
+    spectrum plot drawn from them, and the real | round trip | generated grid."""
+    from xray_generator.evaluation.comparison import realism_markdown
+    from xray_generator.evaluation.realism import load_realism_documents, plot_power_spectra
+    from xray_generator.paths import outputs_dir
+
+    documents = [doc for doc in load_realism_documents(metrics_dir or outputs_dir() / "metrics")
+                 if doc["model"] in (family, f"{family} round trip")]
+    assets = weights / "card"
+    ids = realism_grid(pipe, assets / "realism_grid.png", data_dir)
+    lines = [REALISM_START, "## Realism: does the output look like film?", ""]
+    if documents:
+        plot_power_spectra(documents, assets / "power_spectrum.png")
+        dates = ", ".join(sorted({doc["date"][:10] for doc in documents}))
+        lines += [realism_markdown(documents), "", f"Measured {dates} on weights named in the table (the folder hash at the time).", "",
+                  "![radially averaged power spectrum, real vs synthetic](card/power_spectrum.png)", ""]
+    else:
+        lines += ["Not measured yet: `python -m xray_generator realism --model ldm --roundtrip` and `--model ldm`.", ""]
+    lines += ["![real | round trip | generated, 1:1 and 2x crops](card/realism_grid.png)", "",
+              f"Columns: real test film, the autoencoder's round trip of it, an image generated from the film's metadata prompt (seed 0; "
+              f"synthetic). Each film at 1:1 pixels, then its central 128 x 128 pixels at 2x. Films: {', '.join(ids)}.", REALISM_END]
+    return "\n".join(lines) + "\n"
+
+
+def write_realism_section(weights: Path, metrics_dir: Path | None = None, data_dir=None) -> Path:
+    """Add or replace the realism section of a shipped card (weights untouched; the MANIFEST is rewritten)."""
+    from xray_generator.training.train_ldm import rewrite_shipped
+
+    pipe = XRayDiffusionPipeline.from_pretrained(weights)
+
+    def change(staging: Path) -> None:
+        card = (staging / "README.md").read_text()
+        section = realism_section(staging, pipe, metrics_dir, data_dir)
+        if REALISM_START in card and REALISM_END in card:
+            card = card[:card.index(REALISM_START)] + section + card[card.index(REALISM_END) + len(REALISM_END) + 1:]
+        else:
+            card = card.rstrip("\n") + "\n\n" + section
+        atomic_write_text(staging / "README.md", card)
+
+    rewrite_shipped(weights, change)
     return weights / "README.md"
 
 
@@ -212,7 +290,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-finetune-run", nargs="*", default=[],
                         help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
+    parser.add_argument("--realism-only", action="store_true",
+                        help="only add or replace the card's realism section (from outputs/metrics/realism_*.json); weights untouched")
     args = parser.parse_args(argv)
+    if args.realism_only:
+        print(write_realism_section(Path(args.weights)))
+        return
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
                      [Path(run) for run in args.vae_finetune_run]))
 
