@@ -246,7 +246,7 @@ def test_nih_import(nih_tree, caplog):
     assert table.loc["nih_00000002_000", ["sex", "view"]].tolist() == ["F", "AP"]
     assert table.loc["nih_00000001_000", "patient_id"] == "nih-1"
     assert table.loc[["nih_00000001_000", "nih_00000001_001"], "split"].nunique() == 1
-    assert set(table["license"]) == {importers.NIH.license}
+    assert set(table["source"]) == {"nih_cxr14"} and set(table["license"]) == {importers.NIH.license}
     assert table.loc["nih_00000002_000", "file"] == "images_002/images/00000002_000.png"
 
 

@@ -79,10 +79,16 @@ KERMANY = SourceInfo(
     license="CC BY 4.0 (Mendeley Data, Kermany et al. 2018)",
     citation="Kermany et al., Cell 2018;172(5):1122-1131",
 )
+# The source name and licence text are the curated set's (shared/data/cxr, DATASET_CARD.md): the
+# split rule hashes the source name, so an NIH download imported here puts every patient in the same
+# split as the curated `nih_cxr14` rows, and the licence reads the same in both manifests.
 NIH = SourceInfo(
-    source="nih_chestxray14",
+    source="nih_cxr14",
     origin="NIH Clinical Center (nihcc.app.box.com/v/ChestXray-NIHCC)",
-    license="CC0 1.0 (as stated for NIH ChestX-ray14)",
+    license=(
+        "NIH Clinical Center ChestX-ray14: public release with no restrictions on use; "
+        "cite Wang et al., CVPR 2017 and acknowledge the NIH Clinical Center"
+    ),
     citation="Wang et al., CVPR 2017 (ChestX-ray8)",
 )
 RSNA = SourceInfo(
