@@ -15,6 +15,8 @@ from xray_generator.data.manifest import (
     validate_table,
     write_manifest,
 )
+from xray_generator.data.importers import NIH_LABELS
+from xray_generator.paths import shared_data_dir
 from xray_generator.vocabulary import KNOWN_LABELS
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dataset"
@@ -39,11 +41,26 @@ def test_sample_loads_with_schema_and_files(sample):
 def test_sample_covers_splits_sources_and_resolutions(sample):
     table = sample.table
     assert set(table["split"]) == {"train", "val", "test"}
-    assert {"pneumonia_kermany", "covid_ieee8023"} <= set(table["source"])
+    assert {"pneumonia_kermany", "covid_ieee8023", "nih_cxr14", "covid_mhh"} <= set(table["source"])
     assert set(table["native_px"]) == {224, 256}
     for label in ("Normal", "Bacterial pneumonia", "Viral pneumonia", "COVID-19"):
         assert len(sample.query(label=label)) >= 10, label
         assert len(sample.query(label=label, split="test")) >= 1, label
+
+
+def test_sample_holds_nih_and_mhh_films_with_their_licences(sample):
+    from xray_generator.data.importers import NIH
+
+    nih, mhh = sample.query(source="nih_cxr14").table, sample.query(source="covid_mhh").table
+    assert len(nih) >= 10 and len(mhh) >= 3
+    assert set(nih["license"]) == {NIH.license}
+    assert set(mhh["license"]) == {"CC BY 3.0 (ml-workgroup/covid-19-image-repository; attribute doi:10.6084/m9.figshare.12275009)"}
+    nih_labels = {label for value in nih["labels"] for label in split_labels(value)}
+    assert {"Normal", "Cardiomegaly", "Pleural effusion", "Atelectasis"} <= nih_labels
+    adult_normals = sample.query(source="nih_cxr14", label="Normal", min_age=18)
+    assert len(adult_normals) >= 2
+    assert set(nih["split"]) == {"train", "val", "test"} and set(mhh["split"]) == {"train", "val", "test"}
+    assert set(mhh["labels"]) == {"COVID-19"}
 
 
 def test_sample_has_only_redistributable_licences(sample):
@@ -205,3 +222,73 @@ def test_sample_builder_is_deterministic_and_reproduces_the_shipped_rows(tmp_pat
     assert (tmp_path / "sample" / "README.md").is_file()
     assert all(path.is_file() for path in rebuilt.paths())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sample"]  # staging folders cleaned up
+
+
+def test_small_strata_keep_a_training_share():
+    from xray_generator.data.make_sample import split_quota
+
+    # the quotas of the first sample (all 6 or more) keep their 2 test + 2 val images
+    assert split_quota(6) == {"test": 2, "val": 2, "train": 2}
+    assert split_quota(30) == {"test": 4, "val": 4, "train": 22}
+    assert split_quota(4) == {"test": 1, "val": 1, "train": 2}
+    assert split_quota(2) == {"test": 1, "val": 0, "train": 1}
+    assert split_quota(1) == {"test": 0, "val": 0, "train": 1}
+
+
+def test_sample_rebuild_keeps_files_it_does_not_own(tmp_path):
+    from xray_generator.data.make_sample import build_sample
+
+    out = tmp_path / "sample"
+    out.mkdir()
+    (out / "prompt_library.csv").write_text("kept\n")
+    (out / "metadata.csv").write_text("replaced\n")
+    build_sample(SAMPLE_DIR, out)
+    assert (out / "prompt_library.csv").read_text() == "kept\n"
+    assert (out / "metadata.csv").read_bytes() == (SAMPLE_DIR / "metadata.csv").read_bytes()
+
+
+# --- the full curated set (../shared/data/cxr) ---------------------------------------------------
+
+FULL_SET = shared_data_dir() / "metadata.csv"
+needs_full_set = pytest.mark.skipif(
+    not FULL_SET.is_file(), reason="full curated set not present: it belongs in ../shared/data/cxr (or set CXR_DATA_DIR)"
+)
+
+
+@pytest.fixture(scope="module")
+def full_set():
+    return load_manifest(FULL_SET)
+
+
+@needs_full_set
+def test_full_set_loads_with_every_label_in_the_vocabulary(full_set):
+    labels = {label for value in full_set.table["labels"] for label in split_labels(value)}
+    assert labels <= set(KNOWN_LABELS), sorted(labels - set(KNOWN_LABELS))
+    counts = full_set.table["source"].value_counts()
+    assert counts["nih_cxr14"] == 999 and counts["covid_mhh"] == 49  # DATASET_CARD.md
+    nih = full_set.query(source="nih_cxr14")
+    # NIH's 14 findings, Pneumonia and Normal, each under its vocabulary name
+    assert set(nih.label_counts().index) == set(NIH_LABELS.values())
+
+
+@needs_full_set
+def test_full_set_nih_and_mhh_rows_match_their_importer_and_licences(full_set):
+    from xray_generator.data.importers import NIH
+    from xray_generator.data.splits import assign_splits
+
+    nih = full_set.query(source="nih_cxr14").table
+    assert NIH.source == "nih_cxr14" and set(nih["license"]) == {NIH.license}
+    # an NIH download imported with import_nih puts each patient in the curated set's split
+    assert (assign_splits(nih) == nih["split"]).all()
+    mhh = full_set.query(source="covid_mhh").table
+    assert set(mhh["license"]) == {"CC BY 3.0 (ml-workgroup/covid-19-image-repository; attribute doi:10.6084/m9.figshare.12275009)"}
+    assert (assign_splits(mhh) == mhh["split"]).all()
+
+
+@needs_full_set
+def test_shipped_sample_is_what_make_sample_selects_from_the_full_set(full_set):
+    from xray_generator.data.make_sample import select_sample
+
+    sample = select_sample(full_set)
+    shipped = pd.read_csv(SAMPLE_DIR / "metadata.csv", dtype=str, keep_default_na=False)
+    assert sample["image_id"].tolist() == shipped["image_id"].tolist()

@@ -24,10 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_generator.data.manifest import Manifest, load_manifest, split_labels, write_manifest
+from xray_generator.data.manifest import SOURCE_CREDITS, Manifest, load_manifest, split_labels, write_manifest
 from xray_generator.data.splits import check_patient_splits
 
 SEED = 1234
+# What a rebuild replaces in the sample folder; anything else there is kept.
+SAMPLE_OWNS = ("images", "metadata.csv", "README.md")
 MAX_BYTES = 15 * 1024 * 1024
 
 # Licence values (as written in metadata.csv) that a redistributed sample must not contain.
@@ -36,14 +38,18 @@ UNSPECIFIED = "unspecified"
 NO_EXPLICIT_LICENCE = "no explicit licence"
 
 # Finding class of a row: the first of these labels it carries; 'Other finding' for any other label.
-CLASS_ORDER = ("COVID-19", "Bacterial pneumonia", "Viral pneumonia", "Normal")
+# The NIH findings come after the labels of the first sources, which never carry them, so the
+# classes of those sources' rows did not change when they were added.
+CLASS_ORDER = ("COVID-19", "Bacterial pneumonia", "Viral pneumonia", "Normal", "Cardiomegaly", "Pleural effusion", "Atelectasis")
 OTHER, UNLABELLED = "Other finding", "(no label)"
 
 # Images per (source, native_px) and finding class. A class not listed is not sampled; a quota
-# above what is available takes everything.
+# above what is available takes everything. Strata are drawn in the order written here (classes in
+# name order) from one random stream, so a stratum appended at the end leaves every earlier pick as
+# it was: add new strata at the end.
 QUOTAS: dict[tuple[str, int], dict[str, int]] = {
-    ("pneumonia_kermany", 256): {"Normal": 30, "Bacterial pneumonia": 30, "Viral pneumonia": 30},
-    ("pneumonia_kermany", 224): {"Normal": 24, "Bacterial pneumonia": 24, "Viral pneumonia": 24},
+    ("covid_actualmed", 256): {"COVID-19": 10, "Normal": 8},
+    ("covid_figure1", 256): {"COVID-19": 10, "Normal": 3},
     ("covid_ieee8023", 256): {
         "COVID-19": 60,
         "Bacterial pneumonia": 16,
@@ -52,18 +58,15 @@ QUOTAS: dict[tuple[str, int], dict[str, int]] = {
         OTHER: 20,
         UNLABELLED: 6,
     },
-    ("covid_actualmed", 256): {"COVID-19": 10, "Normal": 8},
-    ("covid_figure1", 256): {"COVID-19": 10, "Normal": 3},
+    ("pneumonia_kermany", 224): {"Normal": 24, "Bacterial pneumonia": 24, "Viral pneumonia": 24},
+    ("pneumonia_kermany", 256): {"Normal": 30, "Bacterial pneumonia": 30, "Viral pneumonia": 30},
+    # Added with the NIH and MHH sources: adult normals, NIH findings, and MHH's CLAHE-processed ICU films.
+    ("nih_cxr14", 256): {"Normal": 4, "Cardiomegaly": 2, "Pleural effusion": 2, "Atelectasis": 2, OTHER: 2},
+    ("covid_mhh", 256): {"COVID-19": 4},
 }
 TEST_FRACTION = VAL_FRACTION = 0.15
 MIN_PER_HELD_OUT_SPLIT = 2
 
-SOURCE_NOTES = {
-    "pneumonia_kermany": "Kermany et al., Cell 2018 (Mendeley Data doi:10.17632/rscbjbr9sj); paediatric AP films",
-    "covid_ieee8023": "Cohen et al., COVID-19 Image Data Collection, arXiv:2006.11988 (github.com/ieee8023/covid-chestxray-dataset)",
-    "covid_actualmed": "Actualmed COVID-19 Chest X-ray Dataset Initiative (github.com/agchung/Actualmed-COVID-chestxray-dataset)",
-    "covid_figure1": "Figure 1 COVID-19 Chest X-ray Dataset Initiative (github.com/agchung/Figure1-COVID-chestxray-dataset)",
-}
 
 
 def finding_class(labels: str | None) -> str:
@@ -91,12 +94,24 @@ def _patients_first(rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFram
     return shuffled.assign(_rank=rank.to_numpy()).sort_values("_rank", kind="stable").drop(columns="_rank")
 
 
+def split_quota(n: int) -> dict[str, int]:
+    """Images a stratum of quota `n` takes from test, val and train.
+
+    About 15/15/70 %, with at least `MIN_PER_HELD_OUT_SPLIT` from each held-out split. A stratum too
+    small for that (n <= 4) takes one test image (n >= 2), one val image (n >= 3) and the rest from
+    train, so its training share is never empty.
+    """
+    held = {"test": max(MIN_PER_HELD_OUT_SPLIT, round(TEST_FRACTION * n)), "val": max(MIN_PER_HELD_OUT_SPLIT, round(VAL_FRACTION * n))}
+    if held["test"] + held["val"] >= n:
+        held = {"test": int(n >= 2), "val": int(n >= 3)}
+    return {**held, "train": n - held["test"] - held["val"]}
+
+
 def _pick(rows: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
     ordered = _patients_first(rows, rng)
     if n >= len(rows):
         return ordered
-    wanted = {"test": max(MIN_PER_HELD_OUT_SPLIT, round(TEST_FRACTION * n)), "val": max(MIN_PER_HELD_OUT_SPLIT, round(VAL_FRACTION * n))}
-    wanted["train"] = max(0, n - wanted["test"] - wanted["val"])
+    wanted = split_quota(n)
     chosen = [ordered[ordered["split"] == s].head(k) for s, k in wanted.items()]
     taken = pd.concat(chosen)
     if len(taken) < n:  # a split had too few rows: fill from the rest in the same order
@@ -111,7 +126,7 @@ def select_sample(manifest: Manifest, seed: int = SEED, include_research_only: b
     table["_class"] = table["labels"].map(finding_class)
     rng = np.random.default_rng(seed)
     parts = []
-    for (source, native_px), quotas in sorted(QUOTAS.items()):
+    for (source, native_px), quotas in QUOTAS.items():
         for name, n in sorted(quotas.items()):
             rows = table[(table["source"] == source) & (table["native_px"] == native_px) & (table["_class"] == name)]
             if len(rows):
@@ -148,7 +163,7 @@ def composition_tables(sample: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def render_readme(sample: pd.DataFrame, total_bytes: int, seed: int, include_research_only: bool) -> str:
     tables = composition_tables(sample)
-    sources = "\n".join(f"- `{s}`: {SOURCE_NOTES.get(s, s)}" for s in sorted(sample["source"].unique()))
+    sources = "\n".join(f"- `{s}`: {SOURCE_CREDITS.get(s, s)}" for s in sorted(sample["source"].unique()))
     excluded = (
         "CC BY-NC-ND / CC BY-NC-ND 4.0 (no derivatives: our PNGs are resized copies) and "
         "\"unspecified\" (no licence stated in ieee8023)"
@@ -182,13 +197,16 @@ Do not edit by hand: change the script and rebuild.
 ## How it was sampled
 
 1. Only images whose licence allows sharing a resized copy. Left out: {excluded}.
-2. Strata: source × stored resolution (`native_px`) × finding class (the first of COVID-19,
-   Bacterial pneumonia, Viral pneumonia, Normal that the image carries; "{OTHER}" for any other
-   label; "{UNLABELLED}" for none). Each stratum has a fixed quota (`QUOTAS` in the script).
+2. Strata: source × stored resolution (`native_px`) × finding class (the first of {", ".join(CLASS_ORDER)}
+   that the image carries; "{OTHER}" for any other label; "{UNLABELLED}" for none). Each stratum has a
+   fixed quota (`QUOTAS` in the script).
 3. Within a stratum about 70/15/15 % of the images come from train/val/test (at least 2 from val and
-   test where the stratum has them), so the test split is usable for smoke tests. Splits are the curated
-   set's patient-wise splits, unchanged; no patient is in two splits.
-4. Random order (seed {seed}), taking one image per patient before a second image of any patient.
+   test where the stratum has them; a stratum of 4 or fewer takes 1 test, 1 val and the rest train), so
+   the test split is usable for smoke tests. Splits are the curated set's patient-wise splits, unchanged;
+   no patient is in two splits.
+4. Random order (seed {seed}), taking one image per patient before a second image of any patient. The
+   strata are drawn one after another from one random stream, in the order of `QUOTAS`; strata added
+   later (NIH, MHH) come last, so adding them left every earlier image of the sample as it was.
 
 ## Composition
 
@@ -221,9 +239,15 @@ For ieee8023 images, the per-image author, article (doi/url) and licence are in 
 The caveats of the curated set apply here too. The ones that matter most for this sample:
 
 - Source and label are confounded: all Kermany films are paediatric AP films, and COVID-19 comes
-  only from adult COVID collections. Stratify by `source` when you evaluate.
+  only from adult COVID collections. NIH adds adult normals and NIH's findings, but no COVID-19.
+  Stratify by `source` when you evaluate.
 - The 224-px Kermany images were squashed, not cropped, to a square and are lossy JPEGs.
-- `report` holds clinical case notes (ieee8023), not radiology reports.
+- NIH labels were text-mined from reports by NIH and are noisy; a film often has several. The curated
+  NIH films are a 500 "No Finding" + 500 Pneumonia draw, so every NIH film with a finding here also
+  carries Pneumonia.
+- MHH films were contrast-enhanced (CLAHE) by their source, which marks them as MHH; most are supine
+  ICU films. 10 of the 16 curated MHH patients also have films in covid_ieee8023 (in the same split).
+- `report` holds clinical case notes (ieee8023), not radiology reports; NIH and MHH rows have none.
 - The sample is far too small for training a useful model: it is for tests, demos and smoke runs.
 """
 
@@ -238,6 +262,8 @@ def build_sample(
 ) -> Manifest:
     """Select, copy and describe the sample; replace `out` in one step (build in a sibling temp folder).
 
+    Files in `out` that the sample does not own (anything but `images/`, `metadata.csv` and
+    `README.md`, e.g. the prompt tables other modules build there) are carried over unchanged.
     Raises ValueError if the sample would exceed `max_bytes`.
     """
     source = load_manifest(src)
@@ -259,6 +285,10 @@ def build_sample(
         (staging / "README.md").write_text(
             render_readme(sample, total_bytes, seed, include_research_only), encoding="utf-8"
         )
+        if out.exists():
+            for kept in sorted(set(os.listdir(out)) - set(SAMPLE_OWNS)):
+                copy = shutil.copytree if (out / kept).is_dir() else shutil.copy2
+                copy(out / kept, staging / kept)
         os.chmod(staging, 0o755)
         if out.exists():
             retired = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))

@@ -24,6 +24,19 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "report_kind": "string",
     "native_px": "Int64",
 }
+# Whom to credit for each curated source (the `source` column), as its dataset card says. The
+# licence of each image is its own `license` value.
+SOURCE_CREDITS: dict[str, str] = {
+    "pneumonia_kermany": "Kermany et al., Cell 2018 (Mendeley Data doi:10.17632/rscbjbr9sj); paediatric AP films",
+    "covid_ieee8023": "Cohen et al., COVID-19 Image Data Collection, arXiv:2006.11988 (github.com/ieee8023/covid-chestxray-dataset)",
+    "covid_actualmed": "Actualmed COVID-19 Chest X-ray Dataset Initiative (github.com/agchung/Actualmed-COVID-chestxray-dataset)",
+    "covid_figure1": "Figure 1 COVID-19 Chest X-ray Dataset Initiative (github.com/agchung/Figure1-COVID-chestxray-dataset)",
+    "nih_cxr14": "NIH Clinical Center ChestX-ray14: cite Wang et al., CVPR 2017 (ChestX-ray8) and acknowledge the NIH Clinical Center",
+    "covid_mhh": (
+        "COVID-19 Image Repository, Institute for Diagnostic and Interventional Radiology, Hannover Medical School "
+        "(github.com/ml-workgroup/covid-19-image-repository): attribute doi:10.6084/m9.figshare.12275009"
+    ),
+}
 REQUIRED_NON_EMPTY = ("image_id", "file", "source", "patient_id", "license", "split")
 SPLITS = ("train", "val", "test")
 VIEWS = ("PA", "AP", "frontal")
