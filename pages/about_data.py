@@ -21,8 +21,10 @@ def main() -> None:
     else:
         st.caption(f"{len(manifest):,} images from {manifest.root}. Counts and licences below are computed from its metadata.csv.")
         st.dataframe(studio.source_licence_table(manifest), hide_index=True, width="stretch")
-        splits = manifest.table.groupby(["source", "split"]).size().unstack(fill_value=0)
-        st.dataframe(splits, width="stretch")
+        st.markdown("**Sources**: images, patients and splits, and whom to credit.")
+        st.dataframe(studio.source_summary(manifest), hide_index=True, width="stretch")
+        st.markdown("**Findings** per source (an image can carry several).")
+        st.dataframe(studio.label_source_table(manifest), hide_index=True, width="stretch")
         for card_name in ("DATASET_CARD.md", "README.md"):
             card = manifest.root / card_name
             if card.is_file():

@@ -52,9 +52,7 @@ def thumbnail_grid(filtered) -> None:
             thumbs.append(_ui.thumbnail(str(filtered.root / row.file)))
         except OSError:
             thumbs.append(np.zeros((128, 128), np.uint8))
-        # The last label is the most specific one (e.g. "Pneumonia; Viral pneumonia; COVID-19").
-        finding = row.labels.split(";")[-1].strip() if isinstance(row.labels, str) else "no label"
-        captions.append(f"{row.image_id[:20]} · {finding}")
+        captions.append(f"{row.image_id[:20]} · {studio.finding_caption(row.labels)}")
     st.image(thumbs, caption=captions, width=128)
 
     st.subheader("Case detail")
@@ -144,6 +142,8 @@ def main() -> None:
     if licences.open:
         with licences, _ui.section("Licences"):
             st.dataframe(studio.source_licence_table(filtered), hide_index=True, width="stretch")
-            st.caption("Each image keeps the licence of its source; see the dataset card and the About this data page.")
+            st.dataframe(studio.source_summary(filtered), hide_index=True, width="stretch")
+            st.caption("Each image keeps the licence of its source; credit each source as its row says. "
+                       "See the dataset card and the About this data page.")
 
 main()

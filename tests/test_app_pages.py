@@ -15,6 +15,7 @@ from PIL import Image
 
 from streamlit.testing.v1 import AppTest
 
+from xray_generator.data.manifest import load_manifest
 from xray_generator.io import read_png_metadata
 from xray_generator.precision import precision_label
 
@@ -324,7 +325,36 @@ def test_dataset_distribution_and_licence_tabs(studio_env):
     at.run()
     assert_clean(at)
     licences = at.dataframe[0].value
-    assert {"source", "license", "images"} <= set(licences.columns) and licences["images"].sum() == 287
+    sample = load_manifest(REPO / "dataset")
+    assert {"source", "license", "images"} <= set(licences.columns) and licences["images"].sum() == len(sample)
+    assert {"nih_cxr14", "covid_mhh"} <= set(licences["source"])
+    sources = at.dataframe[1].value.set_index("source")
+    assert sources["images"].to_dict() == sample.table["source"].value_counts().to_dict()
+    assert "doi:10.6084/m9.figshare.12275009" in sources.loc["covid_mhh", "credit"]
+
+
+def test_dataset_filters_offer_the_nih_findings_and_sources(studio_env):
+    at = open_app("dataset")
+    assert {"Cardiomegaly", "Pleural effusion", "Atelectasis"} <= set(at.multiselect(key="ds_labels").options)
+    assert {"nih_cxr14", "covid_mhh"} <= set(at.multiselect(key="ds_sources").options)
+    at.multiselect(key="ds_labels").set_value(["Cardiomegaly"]).run()
+    assert_clean(at)
+    expected = len(load_manifest(REPO / "dataset").query(label="Cardiomegaly"))
+    assert int(at.metric[0].value.replace(",", "")) == expected > 0
+    assert all("Cardiomegaly" in caption for caption in at.image[0].captions)
+
+
+def test_about_data_counts_every_source_and_finding_from_the_metadata(studio_env):
+    at = open_app("about_data")
+    assert_clean(at)
+    sample = load_manifest(REPO / "dataset")
+    tables = [frame.value for frame in at.dataframe]
+    sources = next(t for t in tables if "credit" in t.columns).set_index("source")
+    assert sources["images"].to_dict() == sample.table["source"].value_counts().to_dict()
+    assert "Wang et al., CVPR 2017" in sources.loc["nih_cxr14", "credit"]
+    findings = next(t for t in tables if "label" in t.columns).set_index("label")
+    assert findings.loc["Cardiomegaly", "nih_cxr14"] == sample.label_counts()["Cardiomegaly"]
+    assert findings.loc["COVID-19", "covid_mhh"] == len(sample.query(source="covid_mhh"))
 
 
 def test_model_analysis_tabs_and_every_network(studio_env):

@@ -366,3 +366,24 @@ def test_fidelity_metrics_are_not_grouped_with_fid():
     # "fid" is a prefix of "fidelity": the dashboard must not put condition fidelity on the FID axes.
     assert studio.metric_family("condition_fidelity_auroc_pneumonia_vs_normal") == "Fidelity"
     assert studio.metric_family("fid_inception") == "FID" and studio.metric_family("diversity_intra_prompt_ms_ssim") == "Diversity"
+
+
+def test_source_summary_and_findings_per_source_are_counted_from_the_metadata():
+    from xray_generator.data.manifest import load_manifest
+
+    sample = load_manifest(REPO / "dataset")
+    summary = studio.source_summary(sample).set_index("source")
+    assert summary["images"].sum() == len(sample)
+    assert (summary[["train", "val", "test"]].sum(axis=1) == summary["images"]).all()
+    assert summary.loc["nih_cxr14", "patients"] == sample.query(source="nih_cxr14").table["patient_id"].nunique()
+    assert "CVPR 2017" in summary.loc["nih_cxr14", "credit"]
+    findings = studio.label_source_table(sample).set_index("label")
+    assert findings["all"].to_dict() == sample.label_counts().to_dict()
+    assert findings.loc["Pleural effusion", "covid_ieee8023"] == 0 and findings.loc["Pleural effusion", "nih_cxr14"] > 0
+
+
+def test_thumbnail_caption_names_the_most_specific_finding():
+    assert studio.finding_caption("Pneumonia; Viral pneumonia; COVID-19") == "COVID-19"
+    assert studio.finding_caption("Cardiomegaly; Edema; Pleural effusion; Pneumonia") == "Cardiomegaly +3"
+    assert studio.finding_caption("Pneumonia") == "Pneumonia"
+    assert studio.finding_caption(None) == "no label"

@@ -694,6 +694,52 @@ def source_licence_table(manifest) -> pd.DataFrame:
     return grouped.sort_values(["source", "images"], ascending=[True, False]).reset_index(drop=True)
 
 
+def source_summary(manifest) -> pd.DataFrame:
+    """One row per source: images, patients, images per split, and whom to credit (`SOURCE_CREDITS`)."""
+    from xray_generator.data.manifest import SOURCE_CREDITS
+
+    table = manifest.table
+    splits = pd.crosstab(table["source"], table["split"]).reindex(columns=["train", "val", "test"], fill_value=0)
+    summary = pd.DataFrame({
+        "images": table.groupby("source").size(),
+        "patients": table.groupby("source")["patient_id"].nunique(),
+    }).join(splits)
+    summary["credit"] = [SOURCE_CREDITS.get(source, "see the dataset card") for source in summary.index]
+    return summary.rename_axis("source").reset_index()
+
+
+def label_source_table(manifest) -> pd.DataFrame:
+    """Images per label (rows, most common first) and source (columns), plus an 'all' column."""
+    from xray_generator.data.manifest import split_labels
+
+    table = manifest.table[["source", "labels"]].assign(label=manifest.table["labels"].map(split_labels)).explode("label")
+    table = table.dropna(subset=["label"])
+    if table.empty:
+        return pd.DataFrame(columns=["label", "all"])
+    counts = pd.crosstab(table["label"], table["source"])
+    counts["all"] = counts.sum(axis=1)
+    return counts.sort_values("all", ascending=False, kind="stable").rename_axis("label").rename_axis(None, axis=1).reset_index()
+
+
+def finding_caption(labels: str | None) -> str:
+    """A short label for a thumbnail: the most specific label, and how many more the film carries.
+
+    The curated pneumonia sources list labels general to specific ("Pneumonia; Viral pneumonia;
+    COVID-19": the last one says most); NIH lists its findings in its own order, so the first of its
+    thoracic findings is shown ("Cardiomegaly; Pleural effusion; Pneumonia" -> "Cardiomegaly +2").
+    """
+    from xray_generator.data.manifest import split_labels
+    from xray_generator.vocabulary import THORACIC_FINDINGS
+
+    found = split_labels(labels)
+    if not found:
+        return "no label"
+    thoracic = [label for label in found if label in THORACIC_FINDINGS]
+    if thoracic:
+        return thoracic[0] + (f" +{len(found) - 1}" if len(found) > 1 else "")
+    return found[-1]
+
+
 def filter_options(manifest) -> dict[str, list]:
     """The values each explorer filter can take, from the manifest itself."""
     table = manifest.table
