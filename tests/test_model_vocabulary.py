@@ -77,12 +77,21 @@ def test_cli_vocabulary_without_the_file_says_how_to_write_it(tiny_pipeline_dir,
     assert "write-vocabulary" in capsys.readouterr().err
 
 
+def _sample_train_count(label: str) -> int:
+    from xray_generator.data.manifest import load_manifest
+
+    return len(load_manifest(REPO / "dataset").query(label=label, split="train"))
+
+
 def test_cli_generate_names_findings_the_model_never_saw(weights_with_vocabulary, tmp_path, capsys):
     folder = weights_with_vocabulary / "ldm"
-    assert main(["generate", "--weights", str(folder), "--prompt", "Moderate cardiomegaly. No pneumothorax.", "--steps", "2",
-                 "-o", str(tmp_path / "a.png")]) == 0
+    # The sample's train split has NIH cardiomegaly films but no emphysema.
+    assert _sample_train_count("Emphysema") == 0 and 0 < _sample_train_count("Cardiomegaly") < 100
+    assert main(["generate", "--weights", str(folder), "--prompt", "Moderate emphysema and cardiomegaly. No pneumothorax.",
+                 "--steps", "2", "-o", str(tmp_path / "a.png")]) == 0
     err = capsys.readouterr().err
-    assert "cardiomegaly" in err and "not in the training data" in err
+    assert "emphysema" in err and "not in the training data" in err
+    assert "cardiomegaly" in err and "training film" in err  # rare: named with its count
     assert "pneumothorax" not in err.lower()  # negated: not a request
 
 
@@ -95,9 +104,10 @@ def test_generate_page_warns_about_unseen_findings_but_not_negated_ones(weights_
                         "CXR_SAMPLE_DIR": REPO / "dataset", "HF_HUB_OFFLINE": "1"}.items():
         monkeypatch.setenv(name, str(value))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
-    at.text_area(key="prompt").set_value("Moderate cardiomegaly with small bilateral pleural effusions. No pneumothorax.").run()
+    assert _sample_train_count("Emphysema") == 0
+    at.text_area(key="prompt").set_value("Moderate emphysema with small bilateral pleural effusions. No pneumothorax.").run()
     warnings = " ".join(str(w.value) for w in at.warning)
-    assert "cardiomegaly" in warnings and "not in the training data" in warnings
+    assert "emphysema" in warnings and "not in the training data" in warnings
     assert "pneumothorax" not in warnings.lower()
     at.text_area(key="prompt").set_value("Right lower lobe pneumonia. No pneumothorax.").run()
     assert not any("Training data" in str(w.value) for w in at.warning)
