@@ -40,6 +40,12 @@ DERIVED_LABELS: dict[str, Callable[[pd.Series], bool]] = {
     "Pediatric": lambda row: age_group(row)[0] == "pediatric",
 }
 
+# Which images a finding head learns from (config ``model.label_scope``). "all_sources": every
+# labelled image, an absent label being a negative (the shipped classifier). "annotating_sources":
+# only images of sources that record that finding (`annotating_sources`), for heads of findings
+# that one source annotates, such as NIH's 14.
+LABEL_SCOPES = ("all_sources", "annotating_sources")
+
 # Penultimate feature width of each supported torchvision architecture.
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "densenet121")
 
@@ -58,14 +64,40 @@ def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     return labels
 
 
-def label_targets(manifest: Manifest, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def annotating_sources(manifest: Manifest, labels: Sequence[str]) -> dict[str, list[str]]:
+    """For each finding head, the sources of `manifest` that record it (at least one image carries it).
+
+    The multi-label option ``model.label_scope = "annotating_sources"`` uses this: NIH records
+    its 14 findings and the COVID / pneumonia collections do not, so a Kermany film without a
+    'Cardiomegaly' label is not a cardiomegaly negative, only unread. Derived heads are left out
+    (they are known for every image).
+    """
+    labels = check_labels(labels)
+    table = manifest.table
+    found = table["labels"].map(lambda value: set(split_labels(None if pd.isna(value) else str(value))))
+    return {
+        label: sorted(table.loc[found.map(lambda names, label=label: label in names).astype(bool), "source"].astype(str).unique())
+        for label in labels
+        if label not in DERIVED_LABELS
+    }
+
+
+def label_targets(
+    manifest: Manifest, labels: Sequence[str], annotated_sources: dict[str, Sequence[str]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Targets (N, L) float32 in {0, 1} and a mask (N, L) bool of which targets are known.
 
     An image with an empty `labels` field has no finding recorded in its source ("todo",
     "Unknown", "Inconclusive"); it is neither positive nor negative for any finding, so its
     finding targets are masked out. Derived attributes are known for every image.
+    With `annotated_sources` (label -> sources, see `annotating_sources`), a finding is also
+    unknown on every image of a source not listed for it.
     """
     labels = check_labels(labels)
+    if annotated_sources is not None:
+        missing = [label for label in labels if label not in DERIVED_LABELS and label not in annotated_sources]
+        if missing:
+            raise ValueError(f"annotated_sources names no sources for {missing}")
     table = manifest.table
     found = [set(split_labels(None if pd.isna(value) else str(value))) for value in table["labels"]]
     has_finding = np.array([bool(names) for names in found])
@@ -79,7 +111,14 @@ def label_targets(manifest: Manifest, labels: Sequence[str]) -> tuple[np.ndarray
         else:
             targets[:, j] = [label in names for names in found]
             known[:, j] = has_finding
+            if annotated_sources is not None:
+                known[:, j] &= table["source"].astype(str).isin(set(annotated_sources[label])).to_numpy()
     return targets, known
+
+
+def head_targets(manifest: Manifest, model_config: dict) -> tuple[np.ndarray, np.ndarray]:
+    """`label_targets` for a classifier's ``model`` config, with its ``annotated_sources`` when it has them."""
+    return label_targets(manifest, model_config["labels"], model_config.get("annotated_sources"))
 
 
 def supported_labels(manifest: Manifest, min_positives: int = 40) -> list[str]:

@@ -33,10 +33,12 @@ from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.evaluation.fidelity import bootstrap_ci
 from xray_generator.models.classifier import (
     CONFIG_NAME,
+    LABEL_SCOPES,
     WEIGHTS_NAME,
+    annotating_sources,
     build_classifier,
+    head_targets,
     label_slug,
-    label_targets,
     load_classifier,
     resize_images,
 )
@@ -145,13 +147,19 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
     accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
-
     manifest = load_manifest(data_dir)
     splits = {name: manifest.query(split=name) for name in ("train", "val")}
     if data_cfg.get("max_images"):
         for part in splits.values():
             part.table = part.table.iloc[: data_cfg["max_images"]]
+    scope = model_cfg.get("label_scope", "all_sources")
+    if scope not in LABEL_SCOPES:
+        raise ValueError(f"model.label_scope must be one of {LABEL_SCOPES}, got {scope!r}")
+    if scope == "annotating_sources" and "annotated_sources" not in model_cfg:
+        # Fixed from the train split and saved with the config, so validation, a resumed run and
+        # the exported model's evaluation mask the same targets.
+        model_cfg["annotated_sources"] = annotating_sources(splits["train"], model_cfg["labels"])
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
     size, mean, std = model_cfg["input_size"], float(model_cfg["mean"]), float(model_cfg["std"])
     cache_root = Path(config.get("cache_dir") or default_cache_dir() / "classifier")
     images = {name: cached_split_images(part, size, cache_root) for name, part in splits.items()}
@@ -159,7 +167,7 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
     labels = model.labels
     targets, known = {}, {}
     for name, part in splits.items():
-        t, k = label_targets(part, labels)
+        t, k = head_targets(part, model_cfg)
         targets[name], known[name] = torch.from_numpy(t), torch.from_numpy(k.astype(np.float32))
     positives = (targets["train"] * known["train"]).sum(0)
     negatives = known["train"].sum(0) - positives
@@ -356,7 +364,7 @@ def evaluate_classifier(weights_dir: str | Path, data_dir: str | Path | None = N
     started = time.time()
     probs = loaded.predict_proba(images)
     inference_seconds = time.time() - started
-    targets, known = label_targets(part, loaded.labels)
+    targets, known = head_targets(part, loaded.config["model"])
     sources = part.table["source"].astype(str).to_numpy()
     per_label = {}
     for j, label in enumerate(loaded.labels):
@@ -414,6 +422,11 @@ def model_card(metrics: dict, config: dict, title: str) -> str:
         f"- Penultimate features: {model_cfg.get('feature_dim')}-d (global average pool). Heads (sigmoid, multi-label): "
         + ", ".join(model_cfg["labels"]) + ".",
         "- `Pediatric` is derived from the metadata (every Kermany image, or a recorded age under 18), not a finding.",
+        *(
+            ["- Label scope: each finding head learns only from sources that record it: "
+             + "; ".join(f"{label}: {', '.join(sources)}" for label, sources in model_cfg["annotated_sources"].items()) + "."]
+            if model_cfg.get("annotated_sources") else []
+        ),
         f"- Feature extractor settings: `{json.dumps(metrics['feature_extractor'], sort_keys=True)}`",
         "",
         "## Training",
