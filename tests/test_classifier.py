@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from xray_generator.data.datasets import augment_batch
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.features import TorchFeatureExtractor
 from xray_generator.models.classifier import (
@@ -93,11 +94,11 @@ def test_augmentation_never_flips_left_and_right():
     image[:, :, 8:40, 4:16] = 1.0  # a bright block on the image's left only
     rng = np.random.default_rng(0)
     for _ in range(5):
-        out = tc.augment_batch(image, rng, config["augment"])
+        out = augment_batch(image, rng, config["augment"])
         left, right = out[..., :24].sum(dim=(1, 2, 3)), out[..., 24:].sum(dim=(1, 2, 3))
         assert (left > 4 * right).all()
     # Zero-strength settings are the identity, so the map itself adds no mirroring or shift.
-    identity = tc.augment_batch(image, rng, {})
+    identity = augment_batch(image, rng, {})
     torch.testing.assert_close(identity, image)
 
 

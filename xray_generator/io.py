@@ -52,6 +52,31 @@ def atomic_write_bytes(path: str | Path, data: bytes, make_parents: bool = True)
 def atomic_write_text(path: str | Path, text: str, make_parents: bool = True) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), make_parents=make_parents)
 
+
+def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Save torch tensors as a safetensors file atomically (a temporary file beside `path`, fsync, replace).
+
+    safetensors writes to a file name, not a handle, so this cannot go through `atomic_write`; it
+    streams to disk instead of holding a second copy of a large latent cache in memory.
+    """
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
 def to_float_gray(array: np.ndarray) -> np.ndarray:
     """Any 2-D/3-D image array -> float32 (H, W) in [0, 1]. uint16 keeps its precision."""
     arr = np.asarray(array)

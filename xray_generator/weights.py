@@ -11,6 +11,8 @@ import os
 import shutil
 from pathlib import Path
 
+from xray_generator.io import atomic_write_text
+
 MANIFEST_NAME = "MANIFEST.json"
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
@@ -29,8 +31,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def write_manifest(folder: str | Path) -> dict:
     """Hash every file below `folder` (except the manifest itself) and write MANIFEST.json atomically."""
-    from xray_generator.training.checkpointing import atomic_write_text
-
     folder = Path(folder)
     files = {
         str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from xray_generator.data.manifest import Manifest
@@ -41,3 +42,34 @@ class RandomCropDataset(Dataset):
         left = int(rng.integers(0, w - size + 1))
         crop = image[top : top + size, left : left + size].astype(np.float32) / 127.5 - 1.0
         return torch.from_numpy(crop)[None]
+
+
+def augment_batch(images: torch.Tensor, rng: np.random.Generator, settings: dict) -> torch.Tensor:
+    """Mild radiograph augmentation of a float batch (B, 1, H, W) in [0, 1]; returns a new batch.
+
+    A random rotation (± ``rotation_degrees``), zoom (``scale`` range, a zoom in is a random
+    crop), shift (± ``translate`` of the side) and intensity jitter: gamma (± ``log_gamma``),
+    contrast (× 1 ± ``contrast``) and brightness (± ``brightness``). Never a flip: the affine
+    map is a rotation times a positive scale, whose determinant is positive, because a mirrored
+    chest shows dextrocardia, a real finding. Areas moved in from outside the film are black.
+    """
+    b = images.shape[0]
+    angle = np.deg2rad(rng.uniform(-1, 1, b) * settings.get("rotation_degrees", 0.0))
+    low, high = settings.get("scale", (1.0, 1.0))
+    scale = rng.uniform(low, high, b)
+    shift = rng.uniform(-1, 1, (b, 2)) * 2.0 * settings.get("translate", 0.0)  # grid coordinates span 2
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    theta = np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1)
+    theta = torch.from_numpy(theta.astype(np.float32))
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
+
+    def per_image(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values.astype(np.float32)).view(b, 1, 1, 1)
+
+    gamma = per_image(np.exp(rng.uniform(-1, 1, b) * settings.get("log_gamma", 0.0)))
+    contrast = per_image(1.0 + rng.uniform(-1, 1, b) * settings.get("contrast", 0.0))
+    brightness = per_image(rng.uniform(-1, 1, b) * settings.get("brightness", 0.0))
+    out = out.pow(gamma)
+    centre = out.mean(dim=(2, 3), keepdim=True)
+    return ((out - centre) * contrast + centre + brightness).clamp(0, 1)

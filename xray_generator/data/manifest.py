@@ -107,6 +107,24 @@ def split_labels(labels: str | None) -> list[str]:
     return [part.strip() for part in str(labels).split(";") if part.strip()]
 
 
+def class_of(labels: str | None, classes: tuple[str, ...]) -> int:
+    """Index of the image's class, or -1 when it carries none of `classes`.
+
+    `classes` run from general to specific, and an image takes the most specific one it carries:
+    with ("Normal", "Pneumonia", "COVID-19"), "Pneumonia; Viral pneumonia; COVID-19" is COVID-19.
+    """
+    carried = set(split_labels(labels))
+    matches = [i for i, name in enumerate(classes) if name in carried]
+    return matches[-1] if matches else -1
+
+
+def label_index(labels_field: str, labels: tuple[str, ...]) -> int | None:
+    """The index of the one model label a manifest row carries, or None (no match, or several)."""
+    names = set(split_labels(labels_field))
+    matches = [i for i, label in enumerate(labels) if label in names]
+    return matches[0] if len(matches) == 1 else None
+
+
 def validate_table(table: pd.DataFrame) -> pd.DataFrame:
     """Check columns, required values, splits and per-patient split consistency; return a typed copy."""
     missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]

@@ -301,8 +301,8 @@ def train_fold_model(
 
     Returns the model (eval mode) and one record per epoch (share, images, mean loss, seconds).
     """
+    from xray_generator.data.datasets import augment_batch
     from xray_generator.models.classifier import build_classifier
-    from xray_generator.training.train_classifier import augment_batch
 
     train_cfg, model_cfg = config["train"], config["model"]
     mean, std = float(model_cfg["mean"]), float(model_cfg["std"])
@@ -358,7 +358,7 @@ def train_fold_model(
 
 def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, config: dict) -> np.ndarray:
     """P(pneumonia) of uint8 (N, S, S) images, bf16 autocast as in training."""
-    from xray_generator.training.train_classifier import predict_cached
+    from xray_generator.models.classifier import predict_cached
 
     _, probabilities = predict_cached(model, images, float(config["model"]["mean"]), float(config["model"]["std"]))
     return probabilities[:, 0].astype(np.float64)
@@ -678,8 +678,7 @@ def run_experiment(
     """
     from xray_generator.evaluation.report import build_metric, write_metrics_json
     from xray_generator.evaluation.run import image_grid, pipe_weights_sha256
-    from xray_generator.models.classifier import resize_images
-    from xray_generator.training.train_classifier import cached_split_images
+    from xray_generator.models.classifier import cached_split_images, resize_images
 
     check_config(config)
     started = time.perf_counter()

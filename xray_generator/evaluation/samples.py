@@ -41,7 +41,7 @@ import torch
 from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest, split_labels
+from xray_generator.data.manifest import Manifest, class_of, label_index, load_manifest, split_labels
 from xray_generator.data.prompts import age_group, prompt_variants
 from xray_generator.io import atomic_write_text, read_gray, read_png_metadata, save_png_with_metadata
 from xray_generator.paths import cache_dir
@@ -423,8 +423,6 @@ def family_settings(generator, timing: dict, requests: str) -> dict:
 
 
 def draw_noise_to_image(model: str, generator, held_out: pd.DataFrame, settings, data_dir=None) -> DrawnSamples:
-    from xray_generator.training.generator_training import class_of  # the trainer's own label -> class rule
-
     conditions = tuple(generator.conditions)
     size = int(generator.image_size)
     real = load_real(held_out, data_dir, size=size)
@@ -467,8 +465,7 @@ def draw_noise_to_image(model: str, generator, held_out: pd.DataFrame, settings,
 
 
 def draw_translations(model: str, generator, held_out: pd.DataFrame, settings, data_dir=None, classifier=None) -> DrawnSamples:
-    from xray_generator.evaluation.translation import SSIM_TARGET, summarise_translation, translate_sources
-    from xray_generator.training.train_cvae import example_grid, label_index  # the CVAE's own label rule and example layout
+    from xray_generator.evaluation.translation import SSIM_TARGET, example_grid, summarise_translation, translate_sources
 
     labels = tuple(generator.conditions)
     source_label, target = labels[0], labels[-1]

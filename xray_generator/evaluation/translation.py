@@ -28,6 +28,7 @@ import numpy as np
 
 from xray_generator.evaluation.fidelity import bootstrap_ci
 from xray_generator.evaluation.paired import psnr, ssim
+from xray_generator.io import save_png_with_metadata
 
 SSIM_TARGET = 0.6  # the issue's bar for "anatomy preserved"
 
@@ -126,3 +127,12 @@ def summarise_translation(per_image: dict, rows: np.ndarray | None = None, n_boo
         # The issue's target counts a film only when both hold: the finding appears and the anatomy stays.
         summary["translation"][f"share_rising_with_ssim_at_least_{SSIM_TARGET}"] = _with_ci((after > before) & (translation_ssim >= SSIM_TARGET), n_boot, 10)
     return summary
+
+
+def example_grid(per_image: dict, path: Path, metadata: dict, count: int = 6) -> None:
+    """Rows of: input, reconstruction (Normal), translation (Pneumonia), |translation - input| x 4."""
+    rows = []
+    for inp, rec, out in list(zip(per_image["inputs"], per_image["reconstructions"], per_image["translations"]))[:count]:
+        rows.append(np.concatenate([inp, rec, out, np.clip(np.abs(out - inp) * 4.0, 0, 1)], axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png_with_metadata(np.concatenate(rows, axis=0), path, metadata)

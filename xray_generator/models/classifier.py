@@ -13,6 +13,7 @@ support, plus attributes derived from the metadata (``Pediatric``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +23,15 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
+from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, split_labels
 from xray_generator.data.prompts import age_group
 from xray_generator.evaluation.features import TorchFeatureExtractor
+from xray_generator.io import atomic_save_safetensors
+from xray_generator.precision import cpu_bf16_autocast
 from xray_generator.vocabulary import KNOWN_LABELS
 from xray_generator.weights import WeightsError, sha256_file, verify_manifest
 
@@ -216,6 +221,38 @@ def resize_images(images: Sequence[np.ndarray], input_size: int | tuple[int, int
     return out
 
 
+# ---------------------------------------------------------------------------- cached training-size images
+def cached_split_images(manifest: Manifest, input_size: int, cache_root: Path) -> torch.Tensor:
+    """uint8 (N, S, S) images of `manifest` at the training size, decoded and resized once.
+
+    The cache file is named by a digest of the rows and the size, so a changed manifest or
+    resolution never reads a stale cache.
+    """
+    digest = hashlib.sha256((manifest.table.to_csv(index=False) + f"|{input_size}").encode()).hexdigest()[:12]
+    cache_file = cache_root / f"images-{input_size}px-{digest}.safetensors"
+    if cache_file.is_file():
+        return load_file(str(cache_file))["images"]
+    images = load_images_uint8(manifest)
+    # The classifier's own resize (TorchFeatureExtractor's), so inference sees images resized alike.
+    resized = resize_images([image.astype(np.float32) / 255.0 for image in images], input_size)
+    tensor = torch.from_numpy(resized)
+    atomic_save_safetensors({"images": tensor}, cache_file)
+    return tensor
+
+
+@torch.no_grad()
+def predict_cached(model, images: torch.Tensor, mean: float, std: float, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, probabilities) of cached uint8 images, bf16 autocast as in training."""
+    model.eval()
+    logits = []
+    for start in range(0, len(images), batch_size):
+        x = (images[start : start + batch_size, None].float() / 255.0 - mean) / std
+        with cpu_bf16_autocast():
+            logits.append(model(x).float())
+    out = torch.cat(logits)
+    return out.numpy(), torch.sigmoid(out).numpy()
+
+
 # ---------------------------------------------------------------------------- loading
 @dataclass
 class LoadedClassifier:
@@ -260,8 +297,6 @@ def load_classifier(folder: str | Path, batch_size: int = 32) -> LoadedClassifie
 
     Raises `xray_generator.weights.WeightsError` if a file is missing, altered or unlisted.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     weights_hash = verify_manifest(folder)
     config = json.loads((folder / CONFIG_NAME).read_text())

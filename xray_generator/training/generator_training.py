@@ -26,16 +26,14 @@ from torch import nn
 from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest, split_labels
+from xray_generator.data.manifest import Manifest, class_of, load_manifest
 from xray_generator.data.preprocessing import prepare_radiograph
 from xray_generator.evaluation.descriptors import laplacian_variance
-from xray_generator.io import atomic_write
+from xray_generator.io import atomic_save_safetensors, atomic_write, atomic_write_text
 from xray_generator.models.generator_parts import check_classes, parameter_count
 from xray_generator.pipelines.noise_generators import CONFIG_NAME, WEIGHTS_NAME, NoiseToImageGenerator, wrap_model
 from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
-from xray_generator.training.checkpointing import (
-    EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text, latest_ema_model,
-)
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, latest_ema_model
 from xray_generator.weights import fresh_staging_folder, replace_folder_atomically, write_manifest
 
 GRID_COLUMNS = 8
@@ -47,17 +45,6 @@ def load_config(path: str | Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- data
-def class_of(labels: str | None, classes: tuple[str, ...]) -> int:
-    """Index of the image's class, or -1 when it carries none of `classes`.
-
-    `classes` run from general to specific, and an image takes the most specific one it carries:
-    with ("Normal", "Pneumonia", "COVID-19"), "Pneumonia; Viral pneumonia; COVID-19" is COVID-19.
-    """
-    carried = set(split_labels(labels))
-    matches = [i for i, name in enumerate(classes) if name in carried]
-    return matches[-1] if matches else -1
-
-
 @dataclass
 class TrainingImages:
     """uint8 images (N, S, S) in memory and their class indices (N,) (all 0 when unconditional)."""

@@ -19,8 +19,9 @@ from PIL import Image
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
+from xray_generator.io import atomic_write_text
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
-from xray_generator.training.checkpointing import CheckpointDir, atomic_write_text
+from xray_generator.training.checkpointing import CheckpointDir
 from xray_generator.training.train_ldm import write_sample_grid
 from xray_generator.weights import sha256_file, write_manifest
 

@@ -14,7 +14,6 @@ uint8 under the cache folder, so epochs never decode a PNG.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -28,23 +27,25 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest
+from xray_generator.data.datasets import augment_batch, load_images_uint8
+from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.fidelity import bootstrap_ci
+from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.models.classifier import (
     CONFIG_NAME,
     LABEL_SCOPES,
     WEIGHTS_NAME,
     annotating_sources,
     build_classifier,
+    cached_split_images,
     head_targets,
     label_slug,
     load_classifier,
-    resize_images,
+    predict_cached,
 )
 from xray_generator.paths import cache_dir as default_cache_dir
-from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
-from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
+from xray_generator.precision import note_training_precision, training_mixed_precision
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.weights import replace_folder_atomically, write_manifest
 
 METRICS_NAME = "test_metrics.json"
@@ -62,55 +63,6 @@ def log_fields(labels: tuple[str, ...]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- data
-def cached_split_images(manifest: Manifest, input_size: int, cache_root: Path) -> torch.Tensor:
-    """uint8 (N, S, S) images of `manifest` at the training size, decoded and resized once.
-
-    The cache file is named by a digest of the rows and the size, so a changed manifest or
-    resolution never reads a stale cache.
-    """
-    digest = hashlib.sha256((manifest.table.to_csv(index=False) + f"|{input_size}").encode()).hexdigest()[:12]
-    cache_file = cache_root / f"images-{input_size}px-{digest}.safetensors"
-    if cache_file.is_file():
-        return load_file(str(cache_file))["images"]
-    images = load_images_uint8(manifest)
-    # The classifier's own resize (TorchFeatureExtractor's), so inference sees images resized alike.
-    resized = resize_images([image.astype(np.float32) / 255.0 for image in images], input_size)
-    tensor = torch.from_numpy(resized)
-    atomic_save_safetensors({"images": tensor}, cache_file)
-    return tensor
-
-
-def augment_batch(images: torch.Tensor, rng: np.random.Generator, settings: dict) -> torch.Tensor:
-    """Mild radiograph augmentation of a float batch (B, 1, H, W) in [0, 1]; returns a new batch.
-
-    A random rotation (± ``rotation_degrees``), zoom (``scale`` range, a zoom in is a random
-    crop), shift (± ``translate`` of the side) and intensity jitter: gamma (± ``log_gamma``),
-    contrast (× 1 ± ``contrast``) and brightness (± ``brightness``). Never a flip: the affine
-    map is a rotation times a positive scale, whose determinant is positive, because a mirrored
-    chest shows dextrocardia, a real finding. Areas moved in from outside the film are black.
-    """
-    b = images.shape[0]
-    angle = np.deg2rad(rng.uniform(-1, 1, b) * settings.get("rotation_degrees", 0.0))
-    low, high = settings.get("scale", (1.0, 1.0))
-    scale = rng.uniform(low, high, b)
-    shift = rng.uniform(-1, 1, (b, 2)) * 2.0 * settings.get("translate", 0.0)  # grid coordinates span 2
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    theta = np.stack([np.stack([cos, -sin, shift[:, 0]], 1), np.stack([sin, cos, shift[:, 1]], 1)], 1)
-    theta = torch.from_numpy(theta.astype(np.float32))
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False).clamp(0, 1)
-
-    def per_image(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(values.astype(np.float32)).view(b, 1, 1, 1)
-
-    gamma = per_image(np.exp(rng.uniform(-1, 1, b) * settings.get("log_gamma", 0.0)))
-    contrast = per_image(1.0 + rng.uniform(-1, 1, b) * settings.get("contrast", 0.0))
-    brightness = per_image(rng.uniform(-1, 1, b) * settings.get("brightness", 0.0))
-    out = out.pow(gamma)
-    centre = out.mean(dim=(2, 3), keepdim=True)
-    return ((out - centre) * contrast + centre + brightness).clamp(0, 1)
-
-
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor, pos_weight: torch.Tensor) -> torch.Tensor:
     """Mean BCE over the known targets; `pos_weight` = negatives / positives per label (imbalance)."""
     per_target = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="none")
@@ -124,19 +76,6 @@ def label_auroc(scores: np.ndarray, targets: np.ndarray) -> float:
     if targets.min() == targets.max():
         raise ValueError("AUROC needs both classes")
     return float(roc_auc_score(targets, scores))
-
-
-@torch.no_grad()
-def predict_cached(model, images: torch.Tensor, mean: float, std: float, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(logits, probabilities) of cached uint8 images, bf16 autocast as in training."""
-    model.eval()
-    logits = []
-    for start in range(0, len(images), batch_size):
-        x = (images[start : start + batch_size, None].float() / 255.0 - mean) / std
-        with cpu_bf16_autocast():
-            logits.append(model(x).float())
-    out = torch.cat(logits)
-    return out.numpy(), torch.sigmoid(out).numpy()
 
 
 # ---------------------------------------------------------------------------- training

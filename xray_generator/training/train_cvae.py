@@ -39,17 +39,16 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest, split_labels
-from xray_generator.evaluation.translation import SSIM_TARGET, summarise_translation, translate_sources
-from xray_generator.io import save_png_with_metadata
+from xray_generator.data.datasets import augment_batch, load_images_uint8
+from xray_generator.data.manifest import Manifest, label_index, load_manifest
+from xray_generator.evaluation.translation import SSIM_TARGET, example_grid, summarise_translation, translate_sources
+from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.models.cvae import DEFAULT_CVAE_CONFIG, ConditionalPatchDiscriminator, build_cvae, count_parameters
 from xray_generator.paths import cache_dir as default_cache_dir
 from xray_generator.pipelines.cvae import CONFIG_NAME, FAMILY, WEIGHTS_NAME, CVAEGenerator, load_cvae, resize_to_model
 from xray_generator.precision import note_training_precision, training_mixed_precision, training_precision_text
-from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
-from xray_generator.training.train_classifier import augment_batch
 from xray_generator.weights import replace_folder_atomically, write_manifest
 
 LOG_FIELDS = [
@@ -72,13 +71,6 @@ def model_config(config: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------- data
-def label_index(labels_field: str, labels: tuple[str, ...]) -> int | None:
-    """The index of the one model label a manifest row carries, or None (no match, or several)."""
-    names = set(split_labels(labels_field))
-    matches = [i for i, label in enumerate(labels) if label in names]
-    return matches[0] if len(matches) == 1 else None
-
-
 def labelled_rows(manifest: Manifest, labels: tuple[str, ...], split: str, sources: list[str] | None) -> tuple[Manifest, np.ndarray]:
     """Rows of `split` (and `sources`) carrying exactly one model label, with that label's index."""
     part = manifest.query(split=split, source=sources) if sources else manifest.query(split=split)
@@ -337,15 +329,6 @@ def held_out_sources(manifest: Manifest, labels: tuple[str, ...], sources: list[
         images += [image.astype(np.float32) / 255.0 for image in load_images_uint8(part)]
         split_of += [split] * len(part)
     return images, np.array(split_of)
-
-
-def example_grid(per_image: dict, path: Path, metadata: dict, count: int = 6) -> None:
-    """Rows of: input, reconstruction (Normal), translation (Pneumonia), |translation - input| x 4."""
-    rows = []
-    for inp, rec, out in list(zip(per_image["inputs"], per_image["reconstructions"], per_image["translations"]))[:count]:
-        rows.append(np.concatenate([inp, rec, out, np.clip(np.abs(out - inp) * 4.0, 0, 1)], axis=1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png_with_metadata(np.concatenate(rows, axis=0), path, metadata)
 
 
 def export_cvae(

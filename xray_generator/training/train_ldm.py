@@ -25,13 +25,14 @@ from tqdm import tqdm
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
+from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
 from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
-from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, atomic_save_safetensors, atomic_write_text
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog
 from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
