@@ -137,3 +137,26 @@ def test_verify_weights_checks_every_family_folder_and_lists_untrained_ones(tiny
     out = capsys.readouterr().out
     assert "ldm: ok" in out and "cvae: ok" in out and "dcgan_conditional: ok" in out
     assert "dcgan: not trained yet" in out and "gmvae_supervised: not trained yet" in out
+
+
+def test_help_quotes_the_defaults_of_the_weights_it_would_load(tiny_weights_root, tmp_path, monkeypatch, capsys):
+    """Defaults are stated once, in pipeline.json: the help text reads them instead of restating a number."""
+    import json
+
+    import pytest
+
+    from xray_generator.__main__ import build_parser, shipped_generation_defaults
+
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tiny_weights_root))
+    tiny = json.loads((tiny_weights_root / "ldm" / "pipeline.json").read_text())["generation_defaults"]
+    assert shipped_generation_defaults() == tiny
+    for command in ("generate", "edit"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert f"default from the model: {tiny['num_inference_steps']} for the shipped weights" in text
+        assert f"default from the model: {tiny['guidance_scale']} for the shipped weights" in text
+    monkeypatch.setenv("CXR_WEIGHTS_DIR", str(tmp_path / "no_weights"))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["generate", "--help"])
+    assert "sampler steps (default from the model)" in " ".join(capsys.readouterr().out.split())

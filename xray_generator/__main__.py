@@ -342,9 +342,30 @@ def command_verify(args) -> int:
     return 1 if failures else 0
 
 
+def shipped_generation_defaults() -> dict:
+    """The shipped ldm's sampling defaults, read from weights/ldm/pipeline.json (empty when there is none).
+
+    Help texts quote these instead of restating numbers that `set-defaults` can change. Read as
+    plain JSON: importing the pipeline module (torch, diffusers) would make `--help` take seconds.
+    """
+    from xray_generator.paths import weights_dir
+
+    try:
+        defaults = json.loads((weights_dir() / "ldm" / "pipeline.json").read_text())["generation_defaults"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return defaults if isinstance(defaults, dict) else {}
+
+
+def _model_default(shipped: dict, key: str) -> str:
+    """ "default from the model" plus, when the shipped weights are present, their value."""
+    return f"default from the model: {shipped[key]} for the shipped weights" if key in shipped else "default from the model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xray_generator.pipelines.registry import GENERATOR_FAMILIES
 
+    shipped = shipped_generation_defaults()
     parser = argparse.ArgumentParser(prog="python -m xray_generator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate chest X-rays: from a text prompt (ldm), a class (GANs, VAE family) or a source film (cvae)")
@@ -354,11 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--source", default=None, help="the radiograph to translate (cvae only): PNG, JPEG, TIFF, BMP, WebP or DICOM")
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--seed", type=int, default=0, help="seed of the first image; batch image i uses seed+i")
-    gen.add_argument("--steps", type=int, default=None, help="sampler steps (default from the model: 8 for the shipped weights)")
-    gen.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default from the model)")
+    gen.add_argument("--steps", type=int, default=None, help=f"sampler steps ({_model_default(shipped, 'num_inference_steps')})")
+    gen.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale ({_model_default(shipped, 'guidance_scale')})")
     gen.add_argument("--guidance-fraction", type=float, default=None,
-                     help="share of the steps, noisiest first, that are guided (0-1; default from the model)")
-    gen.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
+                     help=f"share of the steps, noisiest first, that are guided (0-1; {_model_default(shipped, 'guidance_fraction')})")
+    gen.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None, help=f"sampler ({_model_default(shipped, 'sampler')})")
     gen.add_argument("--n", type=int, default=1, help="number of images; with more than 1, -o is a folder or a stem")
     gen.add_argument("-o", "--output", required=True, help="output PNG, or a folder for a batch")
     gen.add_argument("--model", default="ldm", help=f"model family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
@@ -378,9 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lung zone to edit: right-upper, right-lower, left-upper, left-lower, right, left (patient's side)")
     ed.add_argument("--negative-prompt", default=None)
     ed.add_argument("--seed", type=int, default=0)
-    ed.add_argument("--steps", type=int, default=None, help="length of the full sampler schedule; strength x steps run")
-    ed.add_argument("--guidance", type=float, default=None)
-    ed.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
+    ed.add_argument("--steps", type=int, default=None,
+                    help=f"length of the full sampler schedule; strength x steps run ({_model_default(shipped, 'num_inference_steps')})")
+    ed.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale ({_model_default(shipped, 'guidance_scale')})")
+    ed.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None, help=f"sampler ({_model_default(shipped, 'sampler')})")
     ed.add_argument("-o", "--output", required=True, help="output PNG; the difference map goes to <stem>_diff.png")
     ed.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
     ed.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")

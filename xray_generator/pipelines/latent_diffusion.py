@@ -414,11 +414,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             than whitespace are refused with a ValueError (see `check_prompt_text`).
         negative_prompt : str or list of str, optional
             What to steer away from; replaces the empty unconditional prompt in guidance.
-        num_inference_steps : int, default from pipeline.json (8 for the shipped model)
+        num_inference_steps : int, default from the model (its pipeline.json ``generation_defaults``)
             Sampler steps, 1-200. More steps cost time linearly.
-        guidance_scale : float, default from pipeline.json (4.0)
+        guidance_scale : float, default from the model
             Classifier-free guidance weight, 0-30. 1 or less disables guidance (one UNet pass per step).
-        guidance_fraction : float, default from pipeline.json (1.0 unless the weights ship another)
+        guidance_fraction : float, default from the model (1.0, every step, when its pipeline.json names none)
             Share of the steps, noisiest first, that are guided: ceil(fraction x steps) of them. The
             prompt's effect is set in the noisy steps; the later ones refine texture, and unguided
             they cost one UNet pass instead of two.
@@ -427,8 +427,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             Source of the initial noise. Overrides `seed`.
         seed : int, optional
             Seed for a CPU generator; the same seed and settings give the same image.
-        sampler : {"dpm++", "ddim", "unipc"}, default "dpm++"
-        height, width : int, default 256
+        sampler : {"dpm++", "ddim", "unipc"}, default from the model
+        height, width : int, default from the model
             Multiples of 32. 256 is the native training size.
         latents : torch.Tensor, optional
             Initial noise of shape (N, C, H/8, W/8), instead of drawing it.
