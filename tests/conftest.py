@@ -17,6 +17,62 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(int(os.environ.get("CXR_TEST_THREADS", "2")))
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "precision: the outcome depends on the bf16/fp32 path (tiny models only); .ci/run runs these under CXR_BF16=1 and CXR_BF16=0",
+    )
+    config.addinivalue_line(
+        "markers",
+        "needs(path, remedy): the test needs `path` to exist; outside CI it is skipped with `remedy` as the reason, in CI it fails",
+    )
+
+
+def pytest_report_header(config) -> list[str]:
+    return precision_header()
+
+
+def pytest_sessionstart(session):
+    # -q (the README's command) hides the report header; these lines must still reach the log.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and session.config.get_verbosity() < 0:
+        for line in precision_header():
+            reporter.write_line(line)
+
+
+def precision_header() -> list[str]:
+    """Which precision path this run exercises, so every test log says so."""
+    from xray_generator.precision import NATIVE_BF16_FLAGS, OVERRIDE_VARIABLE, cpu_flags, cpu_precision
+
+    flags = cpu_flags()
+    present = [flag for flag in NATIVE_BF16_FLAGS if flag in flags]
+    override = os.environ.get(OVERRIDE_VARIABLE, "").strip()
+    why = f"forced by {OVERRIDE_VARIABLE}={override}" if override in ("0", "1") else f"from the CPU flags ({OVERRIDE_VARIABLE} unset)"
+    return [
+        f"cpu bf16 flags: {', '.join(present) if present else 'none'} (of {', '.join(NATIVE_BF16_FLAGS)})",
+        f"pipeline precision: {cpu_precision('bf16')}, {why}",
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s) (CXR_TEST_THREADS), CI={'set' if in_ci() else 'unset'}",
+    ]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def missing_resource(what: str, remedy: str) -> None:
+    """Skip a test whose resource is absent, with the reason; in CI (env CI set) fail instead: a skip there hides a gap."""
+    if in_ci():
+        pytest.fail(f"{what}. {remedy}. (CI is set: a missing resource fails the run instead of skipping.)", pytrace=False)
+    pytest.skip(f"{what}. {remedy}")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("needs"):
+        path, remedy = mark.args
+        if not Path(path).exists():
+            missing_resource(f"{path} not found", remedy)
+
+
 def build_tiny_pipeline(seed: int = 0):
     from diffusers import DDPMScheduler
 

@@ -233,7 +233,7 @@ def test_classifier_scores_and_grad_cam_overlay(tiny_classifier_dir):
 SHIPPED = REPO / "weights" / "ldm" / "MANIFEST.json"
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason="shipped weights (weights/ldm) not present yet")
+@pytest.mark.needs(SHIPPED, "The shipped weights belong in weights/ldm (they are committed to the repo)")
 def test_shipped_weights_generate_a_radiograph():
     shipped = studio.load_pipeline("ldm", REPO / "weights")
     result = studio.generate_images(shipped, studio.GenerationRequest("PA chest radiograph, no acute abnormality", seed=0, steps=4))

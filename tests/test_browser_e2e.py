@@ -34,7 +34,7 @@ PAGES = [
     ("About this data", "About this data", "7_about_data"),
 ]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.needs(CHROMIUM, "Install Debian's chromium: apt-get install chromium (.ci/run does)")
 
 
 def free_port() -> int:

@@ -63,7 +63,7 @@ def test_configs_name_the_same_heads_and_only_known_labels():
         build_classifier({"arch": "vgg11", "labels": ["Normal"]})
 
 
-@pytest.mark.skipif(not (shared_data_dir() / "metadata.csv").is_file(), reason="full curated set not present")
+@pytest.mark.needs(shared_data_dir() / "metadata.csv", "The full curated set belongs in ../shared/data/cxr beside the repo (or set CXR_DATA_DIR)")
 def test_every_finding_head_has_enough_training_support():
     train = load_manifest(shared_data_dir()).query(split="train")
     supported = supported_labels(train, min_positives=40)

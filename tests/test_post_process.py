@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:  # post_process.py is a top-level script beside th
     sys.path.insert(0, str(REPO))
 
 import post_process as pp  # noqa: E402
+from tests.conftest import missing_resource  # noqa: E402
 from xray_generator.evaluation.descriptors import DESCRIPTOR_NAMES  # noqa: E402
 from xray_generator.io import read_gray  # noqa: E402
 
@@ -49,7 +50,8 @@ def radiograph() -> np.ndarray:
             first = next(iter(sorted(directory.rglob("*.png"))), None)
             if first is not None:
                 return read_gray(first)
-    pytest.skip("no sample radiograph: neither dataset/images nor ../shared/data/cxr/images/pneumonia_kermany has a PNG")
+    missing_resource("no sample radiograph: neither dataset/images nor ../shared/data/cxr/images/pneumonia_kermany has a PNG",
+                     "The sample ships in dataset/images; the full set belongs in ../shared/data/cxr")
 
 
 def local_contrast(image: np.ndarray, size: int = 7) -> float:

@@ -17,7 +17,7 @@ from xray_generator.data.prompt_library import (
 from xray_generator.paths import iu_reports_dir
 
 REPORTS = iu_reports_dir() / "indiana_reports.csv"
-needs_reports = pytest.mark.skipif(not REPORTS.is_file(), reason=f"IU reports not present at {REPORTS}")
+needs_reports = pytest.mark.needs(REPORTS, "The IU reports belong in ../shared/data/iu_reports beside the repo (or set CXR_IU_REPORTS_DIR)")
 
 
 @pytest.fixture(scope="module")
