@@ -16,6 +16,7 @@ def pipe(tiny_pipeline_dir):
     return XRayDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
 
 
+@pytest.mark.precision
 def test_output_shapes_range_and_provenance(pipe):
     out = pipe(["normal chest", "pneumonia"], num_images_per_prompt=2, seed=1)
     assert len(out.images) == 4 and len(out.pil_images) == 4
@@ -28,6 +29,7 @@ def test_output_shapes_range_and_provenance(pipe):
     assert meta["weights_sha256"] == pipe.weights_hash and meta["sampler"] == "dpm++"
 
 
+@pytest.mark.precision
 def test_same_seed_same_image_and_different_seed_differs(pipe):
     a = pipe("right lower lobe pneumonia", seed=7).images[0]
     b = pipe("right lower lobe pneumonia", seed=7).images[0]
@@ -36,12 +38,23 @@ def test_same_seed_same_image_and_different_seed_differs(pipe):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.precision
 def test_batch_image_zero_matches_single_generation(pipe):
     single = pipe("normal chest", seed=3).images[0]
     batch = pipe("normal chest", seed=3, num_images_per_prompt=2).images[0]
-    np.testing.assert_allclose(single, batch, atol=2e-2)
+    if pipe.precision == "fp32":
+        np.testing.assert_allclose(single, batch, atol=2e-2)
+    else:
+        # bf16 keeps 8 significant bits: a pixel in [0.5, 1) is a multiple of 2^-8 = 0.0039. A batch
+        # of two blocks the kernels differently, so every denoising step rounds a little
+        # differently and a few pixels of this untrained tiny model end up several steps apart
+        # (measured: 2 of 65,536 pixels off by 0.0215, emulated bf16 on AVX2). The image is still
+        # the same one: at most 16 such steps anywhere, and on average under one.
+        difference = np.abs(single - batch)
+        assert difference.max() <= 16 * 2**-8 and difference.mean() <= 2**-8
 
 
+@pytest.mark.precision
 def test_guidance_on_and_off_and_negative_prompt(pipe):
     guided = pipe("pneumonia", seed=2, guidance_scale=5.0).images[0]
     unguided = pipe("pneumonia", seed=2, guidance_scale=1.0).images[0]
@@ -50,6 +63,7 @@ def test_guidance_on_and_off_and_negative_prompt(pipe):
     assert not np.array_equal(guided, negative)
 
 
+@pytest.mark.precision
 def test_guidance_fraction_guides_only_the_leading_steps(pipe):
     """Guiding every step is the default; a fraction guides ceil(fraction x steps) noisiest steps, then one UNet pass each."""
     calls = []
@@ -82,6 +96,7 @@ def test_settings_resolve_to_the_given_value_else_the_models_default(pipe):
         pipe.resolve_settings(strength=0.5)
 
 
+@pytest.mark.precision
 @pytest.mark.parametrize("sampler", ["dpm++", "ddim", "unipc"])
 def test_each_sampler_runs_and_reports_steps(pipe, sampler):
     seen = []
@@ -90,6 +105,7 @@ def test_each_sampler_runs_and_reports_steps(pipe, sampler):
     assert out.metadata[0]["sampler"] == sampler and np.isfinite(out.images[0]).all()
 
 
+@pytest.mark.precision
 def test_callback_can_cancel(pipe):
     with pytest.raises(GenerationCancelled):
         pipe("normal chest", seed=0, callback_on_step_end=lambda p, i, t, kw: {"interrupt": True})
@@ -117,11 +133,13 @@ def test_bad_input_gets_a_clear_value_error(pipe, kwargs, message):
         pipe(**kwargs)
 
 
+@pytest.mark.precision
 def test_long_prompt_is_truncated_with_a_notice(pipe):
     out = pipe("bilateral opacities " * 200, seed=0)
     assert out.notices and "truncated" in out.notices[0]
 
 
+@pytest.mark.precision
 def test_save_load_round_trip_gives_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "copy")
     again = XRayDiffusionPipeline.from_pretrained(tmp_path / "copy")
