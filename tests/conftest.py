@@ -55,6 +55,13 @@ def precision_header() -> list[str]:
     ]
 
 
+def bf16_is_emulated() -> bool:
+    """The pipeline runs bf16 (CXR_BF16=1) on a CPU without AMX / AVX-512 BF16: correct, but emulated and many times slower."""
+    from xray_generator.precision import NATIVE_BF16_FLAGS, cpu_flags, cpu_precision
+
+    return cpu_precision("bf16") == "bf16" and not any(flag in cpu_flags() for flag in NATIVE_BF16_FLAGS)
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 

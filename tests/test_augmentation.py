@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, bf16_is_emulated
 from xray_generator.data.manifest import load_manifest
 from xray_generator.data.prompts import prompt_variants
 from xray_generator.evaluation import augmentation as aug
@@ -45,7 +45,8 @@ def experiment(cache, tiny_pipeline_dir, tmp_path_factory):
 # ---------------------------------------------------------------------------- end to end
 def test_the_experiment_runs_end_to_end_in_seconds_and_writes_report_json_and_plots(experiment):
     document, out, config = experiment["document"], experiment["out"], experiment["config"]
-    assert experiment["seconds"] < 120
+    if not bf16_is_emulated():  # forced bf16 without AMX / AVX-512 BF16 runs ~40x slower by design: no time bound there
+        assert experiment["seconds"] < 120
     assert read_metrics_json(out / "augmentation.json") == json.loads((out / "augmentation.json").read_text())
     names = {m["name"] for m in document["metrics"]}
     for regime in config["regimes"]:

@@ -102,6 +102,7 @@ def test_augmentation_never_flips_left_and_right():
     torch.testing.assert_close(identity, image)
 
 
+@pytest.mark.precision
 def test_trainer_checkpoints_resumes_and_logs_val_auroc(run):
     latest = CheckpointDir(run / "run").latest()
     assert latest.name == "step-00000002"

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from xray_generator.__main__ import main
 from xray_generator.io import read_png_metadata
 
 
+@pytest.mark.precision
 def test_generate_writes_png_with_metadata_and_is_byte_identical(tiny_pipeline_dir, tmp_path, capsys):
     args = ["generate", "--prompt", "right lower lobe pneumonia", "--seed", "0", "--weights", str(tiny_pipeline_dir)]
     assert main(args + ["-o", str(tmp_path / "a.png")]) == 0
@@ -142,8 +145,6 @@ def test_verify_weights_checks_every_family_folder_and_lists_untrained_ones(tiny
 def test_help_quotes_the_defaults_of_the_weights_it_would_load(tiny_weights_root, tmp_path, monkeypatch, capsys):
     """Defaults are stated once, in pipeline.json: the help text reads them instead of restating a number."""
     import json
-
-    import pytest
 
     from xray_generator.__main__ import build_parser, shipped_generation_defaults
 

@@ -38,6 +38,7 @@ def source(source_path):
     return read_gray(source_path)
 
 
+@pytest.mark.precision
 def test_strength_zero_returns_the_vae_round_trip(pipe, source):
     result = pipe.edit(source, PROMPT, strength=0.0, seed=0)
     with torch.no_grad():
@@ -47,6 +48,7 @@ def test_strength_zero_returns_the_vae_round_trip(pipe, source):
     assert result.image.shape == (256, 256) and result.image.dtype == np.float32
 
 
+@pytest.mark.precision
 def test_same_seed_same_edit_and_provenance(pipe, source):
     a = pipe.edit(source, PROMPT, strength=0.7, seed=3, num_inference_steps=4, source_id="src-1")
     b = pipe.edit(source, PROMPT, strength=0.7, seed=3, num_inference_steps=4, source_id="src-1")
@@ -70,6 +72,7 @@ def test_timesteps_are_the_last_strength_fraction(pipe, strength, steps, expecte
         assert torch.equal(kept, scheduler.timesteps[steps - expected:])
 
 
+@pytest.mark.precision
 def test_pixels_outside_the_mask_barely_change(pipe, source):
     array_mask = np.zeros(source.shape, dtype=bool)
     array_mask[source.shape[0] // 3: source.shape[0] // 2, source.shape[1] // 4: source.shape[1] // 2] = True

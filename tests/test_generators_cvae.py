@@ -88,6 +88,7 @@ def test_perceptual_loss_on_the_classifier_is_zero_for_equal_images_and_frozen(t
 
 
 # ---------------------------------------------------------------------------- training
+@pytest.mark.precision
 def test_tiny_config_trains_two_steps_with_checkpoint_and_log(tiny_run):
     run, _, state = tiny_run
     assert state["step"] == 2 and state["samples_seen"] == 8
