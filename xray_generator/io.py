@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
@@ -59,9 +60,7 @@ def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict[str,
     safetensors writes to a file name, not a handle, so this cannot go through `atomic_write`; it
     streams to disk instead of holding a second copy of a large latent cache in memory.
     """
-    import tempfile
-
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # here, not at the top: reading an image should not import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +75,7 @@ def atomic_save_safetensors(tensors: dict, path: str | Path, metadata: dict[str,
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
 
 def to_float_gray(array: np.ndarray) -> np.ndarray:
     """Any 2-D/3-D image array -> float32 (H, W) in [0, 1]. uint16 keeps its precision."""

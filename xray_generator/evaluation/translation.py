@@ -22,6 +22,7 @@ resolution never counts as a change of finding.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
