@@ -139,7 +139,8 @@ def alternative_families_in_browser(page) -> None:
     assert page.locator('[data-testid="stImage"] img').count() == 3
     save_screenshot(page, "1c_generate_cvae")
     pick_option(page, "Model family", "LSGAN — not trained yet")
-    assert page.get_by_text("is not trained yet — train with").first.is_visible()
+    # wait_for, not is_visible: on a loaded CPU the rerun can start after wait_until_idle's first look.
+    page.get_by_text("is not trained yet — train with").first.wait_for(timeout=60_000)
     pick_option(page, "Model family", "Latent diffusion (text to X-ray)")
 
 
