@@ -33,6 +33,7 @@ def shipped(tmp_path_factory):
     return train_ldm.export_pipeline(root / "ldm_run", root / "weights"), config, root
 
 
+@pytest.mark.precision
 def test_a_fine_tune_starts_from_the_shipped_weights_and_keeps_their_latent_statistics(shipped, tmp_path):
     from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 
@@ -54,6 +55,7 @@ def test_a_fine_tune_starts_from_the_shipped_weights_and_keeps_their_latent_stat
             assert torch.equal(tensor, theirs_state[name]), name
 
 
+@pytest.mark.precision
 def test_a_fine_tune_refuses_an_autoencoder_whose_encoder_is_not_the_shipped_one(shipped, tmp_path):
     weights, config, root = shipped
     other_run = root / "other_vae"
