@@ -250,9 +250,7 @@ def test_sample_rebuild_keeps_files_it_does_not_own(tmp_path):
 # --- the full curated set (../shared/data/cxr) ---------------------------------------------------
 
 FULL_SET = shared_data_dir() / "metadata.csv"
-needs_full_set = pytest.mark.skipif(
-    not FULL_SET.is_file(), reason="full curated set not present: it belongs in ../shared/data/cxr (or set CXR_DATA_DIR)"
-)
+needs_full_set = pytest.mark.needs(FULL_SET, "The full curated set belongs in ../shared/data/cxr beside the repo (or set CXR_DATA_DIR)")
 
 
 @pytest.fixture(scope="module")
