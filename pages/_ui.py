@@ -21,7 +21,7 @@ log = logging.getLogger("cxr_studio")
 # Widget values that should survive a switch to another page and back (Streamlit drops the state
 # of widgets that are not drawn in a run; re-assigning the key keeps it).
 PERSISTENT_KEYS = ("model_family", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed_mode", "seed",
-                   "num_images", "resolution", "preset", "family_seed", "family_num_images", "family_preset",
+                   "num_images", "resolution", "preset", "guidance_fraction", "image_view", "family_seed", "family_num_images", "family_preset",
                    "cvae_source", "cvae_condition", "cvae_seed")
 
 

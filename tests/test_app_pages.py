@@ -55,10 +55,12 @@ def assert_clean(at: AppTest) -> None:
 
 
 def generate(at: AppTest, prompt: str = "right lower lobe pneumonia", seed: int | None = 5, **settings) -> AppTest:
-    at.text_area(key="prompt").set_value(prompt)
     if seed is not None:
         at.radio(key="seed_mode").set_value("Fixed").run()  # the seed box is disabled until then
         at.number_input(key="seed").set_value(seed)
+    # The prompt is in the Generate form: a value typed there is sent with the form's submit, so it is
+    # set after the rerun above (AppTest, unlike a browser, drops unsubmitted form values on a rerun).
+    at.text_area(key="prompt").set_value(prompt)
     for key, value in settings.items():
         widget = {"resolution": at.radio, "num_images": at.number_input, "preset": at.selectbox}[key]
         widget(key=key).set_value(value)

@@ -667,6 +667,86 @@ def prompt_for_label(label: str) -> str:
     return f"Frontal chest radiograph: {phrases_for(label)[0]}."
 
 
+TRAINING_VOCABULARY_FILE = "training_vocabulary.json"
+
+
+@dataclass(frozen=True)
+class FindingChip:
+    """A finding the user can add to the prompt with one click; `count` is None when not recorded."""
+
+    label: str
+    phrase: str
+    count: int | None
+
+    @property
+    def text(self) -> str:
+        return self.label if self.count is None else f"{self.label} · {self.count:,}"
+
+
+def _vocabulary_counts(document: Any) -> dict[str, int]:
+    """label -> training-image count from a training-vocabulary document.
+
+    Accepts {"findings": {label: count}}, {"findings": [{"label"|"finding": ..., "count"|"images": n}]}
+    or a plain {label: count}; anything else is a ValueError naming what was expected.
+    """
+    findings = document.get("findings", document) if isinstance(document, dict) else None
+    if isinstance(findings, list):
+        pairs = []
+        for row in findings:
+            label = row.get("label", row.get("finding")) if isinstance(row, dict) else None
+            count = row.get("count", row.get("images", row.get("training_images"))) if isinstance(row, dict) else None
+            pairs.append((label, count))
+    elif isinstance(findings, dict):
+        pairs = list(findings.items())
+    else:
+        raise ValueError("expected {'findings': {label: count}} or a list of {'label', 'count'} rows")
+    counts = {}
+    for label, count in pairs:
+        if not isinstance(label, str) or not _is_integer(count) or count < 0:
+            raise ValueError(f"each finding needs a name and a non-negative whole count, got {label!r}: {count!r}")
+        counts[label] = int(count)
+    return counts
+
+
+def finding_chips(weights_folder: str | Path | None) -> tuple[list[FindingChip], str]:
+    """(chips, a sentence saying where they come from) for the prompt-assist row.
+
+    With `<weights>/training_vocabulary.json` (written at export), the chips are the findings the
+    model was trained on, most images first, with their counts. Without it, the chips are the
+    label vocabulary (`xray_generator.vocabulary.LABELS`) and the sentence says that no counts were
+    recorded for these weights; counts are never estimated.
+    """
+    from xray_generator.vocabulary import LABELS, phrases_for
+
+    path = Path(weights_folder) / TRAINING_VOCABULARY_FILE if weights_folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            counts = _vocabulary_counts(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+            chips = [FindingChip(label, phrases_for(label)[0], None) for label in LABELS]
+            return chips, f"{_shown_path(path)} could not be read ({exc}); showing the label vocabulary without counts."
+        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+        chips = [FindingChip(label, phrases_for(label)[0], count) for label, count in ordered]
+        return chips, f"Findings these weights were trained on, with training-image counts ({_shown_path(path)})."
+    chips = [FindingChip(label, phrases_for(label)[0], None) for label in LABELS]
+    return chips, "The label vocabulary; counts not recorded for these weights (no training_vocabulary.json beside them)."
+
+
+def prompt_with_finding(prompt: str, phrase: str) -> str:
+    """`prompt` with `phrase` appended as a sentence of its own; unchanged if the phrase is already in it.
+
+    A new sentence (not a clause after a comma) so that a negation earlier in the prompt ("no
+    effusion, ...") does not reach the added finding.
+    """
+    text = prompt.strip()
+    if phrase.lower() in text.lower():
+        return prompt
+    if not text:
+        return f"PA chest radiograph: {phrase}."
+    sentence = phrase[:1].upper() + phrase[1:]
+    return f"{text} {sentence}." if text.endswith((".", "!", "?")) else f"{text}. {sentence}."
+
+
 # ---------------------------------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------------------------------
