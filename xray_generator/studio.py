@@ -1580,13 +1580,18 @@ def edit_file_stem(metadata: dict) -> str:
 
 
 def edit_downloads(result) -> dict[str, bytes]:
-    """PNG bytes of the edited image and of its difference map, each with the edit's provenance."""
+    """PNG bytes of the edited image, its difference map and (masked edits) the mask, each with provenance."""
     from xray_generator.pipelines.editing import difference_image, difference_metadata
 
-    return {
+    downloads = {
         "png": png_bytes_with_metadata(result.image, result.metadata),
         "diff": png_bytes_with_metadata(difference_image(result), difference_metadata(result)),
     }
+    if result.mask is not None:  # the mask as used (working size, white = edited), reusable as an upload
+        downloads["mask"] = png_bytes_with_metadata(result.mask, {"image": "edit mask, white = edited (before feathering)",
+                                                                  "mask": result.metadata.get("mask"),
+                                                                  "source_image_id": result.metadata.get("source_image_id")})
+    return downloads
 
 
 def editing_measurement(folder: str | Path | None = None) -> tuple[pd.DataFrame | None, Path | None, str]:
