@@ -213,7 +213,7 @@ def prompt_assist(status: studio.GeneratorStatus) -> None:
     """Chips that add a finding to the prompt: the findings the model was trained on, with counts when recorded."""
     chip_list, note = studio.finding_chips(status.folder)
     chips = {chip.text: chip for chip in chip_list}
-    st.pills("Add a finding", list(chips), key="finding_chip", on_change=add_finding, args=(chips,),
+    st.pills("Add a finding", list(chips), key="finding_chip", on_change=add_finding, args=(chips,), width="stretch",
              help="Appends the finding's radiology phrase to the prompt as a sentence of its own.")
     st.caption(note)
 
