@@ -39,12 +39,12 @@ def paint_mask(source, source_id, size: int, canvas_slot):
 
     Brush size, brush/eraser and the starting zone are here; the canvas goes into `canvas_slot`.
     """
-    left, middle, right = st.columns(3)
+    left, right = st.columns(2)
     start_name = left.selectbox("Start from", [NO_ZONE, *REGIONS], key="edit_paint_start",
                                 help="A lung zone as the starting mask; paint to add to it, erase to take from it.")
-    tool = middle.segmented_control("Tool", [BRUSH, ERASER], key="edit_paint_tool", default=BRUSH)
-    brush = right.slider("Brush size (px on the film)", 1, 64, 12, key="edit_brush_size",
-                         help=f"Diameter at the model's {size} px; the canvas shows the film at {CANVAS_SCALE}x.")
+    tool = right.segmented_control("Tool", [BRUSH, ERASER], key="edit_paint_tool", default=BRUSH)
+    brush = st.slider("Brush size (px on the film)", 1, 64, 12, key="edit_brush_size",
+                      help=f"Diameter at the model's {size} px; the canvas shows the film at {CANVAS_SCALE}x.")
     st.button("Clear strokes", key="edit_clear_strokes", on_click=clear_strokes, icon=":material/ink_eraser:")
     if source is None:
         return False

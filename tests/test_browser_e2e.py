@@ -323,6 +323,18 @@ def test_generate_history_restore_paint_and_edit_in_chromium(tiny_weights_root, 
             page.mouse.up()
             page.get_by_text("of the film.").first.wait_for(timeout=60_000)  # "Mask: x% of the film."
             wait_until_idle(page)
+            painted_share = page.get_by_text("of the film.").first.inner_text()
+            # The eraser across the stroke's end takes that end out of the mask; the rest of the stroke stays.
+            page.get_by_text("Eraser", exact=True).click()
+            wait_until_idle(page)
+            across = 0.04 * box["width"]
+            page.mouse.move(end[0] - across, end[1] + across)
+            page.mouse.down()
+            page.mouse.move(end[0] + across, end[1] - across, steps=8)
+            page.mouse.up()
+            page.wait_for_function("(before) => [...document.querySelectorAll('p')].some(p => p.innerText.includes('of the film.')"
+                                   " && p.innerText !== before)", arg=painted_share, timeout=60_000)
+            wait_until_idle(page)
             # (the canvas's toolbar has an "Edit" toggle of its own)
             page.get_by_test_id("stBaseButton-primary").filter(has_text="Edit").click()
             page.get_by_text("Edited in").first.wait_for(timeout=120_000)
@@ -334,7 +346,8 @@ def test_generate_history_restore_paint_and_edit_in_chromium(tiny_weights_root, 
             # The mask is the stroke: on the line between the two points, nowhere far from it.
             film = lambda point: (round((point[0] - box["x"]) * scale), round((point[1] - box["y"]) * scale))  # noqa: E731
             (x0, y0), (x1, y1) = film(start), film(end)
-            assert mask[(y0 + y1) // 2, (x0 + x1) // 2] and mask[y0, x0] and mask[y1, x1]
+            assert mask[(y0 + y1) // 2, (x0 + x1) // 2] and mask[y0, x0]
+            assert not mask[y1, x1], "the eraser stroke did not take the stroke's end out of the mask"
             assert 0.002 < mask.mean() < 0.1, mask.mean()
             # Inside the stroke and its feather (3 sigma) pixels may change; outside, the mean change is at most 2 grey levels.
             radius = int(np.ceil(3 * FEATHER_SIGMA))

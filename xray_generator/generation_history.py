@@ -44,15 +44,13 @@ def image_fingerprint(image: np.ndarray) -> str:
 
 
 def thumbnail_of(image: np.ndarray, side: int = THUMBNAIL_SIDE) -> np.ndarray:
-    """uint8 (side, side') thumbnail, area-averaged, keeping the aspect ratio."""
+    """float32 (side, side') thumbnail in [0, 1] (the library's image convention), area-averaged, aspect kept."""
     import cv2
-
-    from xray_generator.io import to_uint8
 
     height, width = image.shape
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return cv2.resize(to_uint8(image), size, interpolation=cv2.INTER_AREA)
+    return np.clip(cv2.resize(np.asarray(image, np.float32), size, interpolation=cv2.INTER_AREA), 0.0, 1.0)
 
 
 @dataclass(frozen=True)
