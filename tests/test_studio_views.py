@@ -176,20 +176,32 @@ def test_chips_show_the_vocabulary_without_counts_when_none_were_recorded(tmp_pa
     assert "counts not recorded for these weights" in note
 
 
-@pytest.mark.parametrize("document", [
-    {"findings": {"Normal": 3000, "Pneumothorax": 10}},
-    {"findings": [{"label": "Normal", "count": 3000}, {"finding": "Pneumothorax", "images": 10}]},
-    {"Normal": 3000, "Pneumothorax": 10},
-])
-def test_chips_read_training_counts_when_the_weights_record_them(tmp_path, document):
-    (tmp_path / studio.TRAINING_VOCABULARY_FILE).write_text(json.dumps(document))
+def test_chips_are_the_findings_the_weights_were_trained_on_with_their_counts(tmp_path):
+    from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE
+
+    document = {"n_images": 3010, "label_counts": {"Normal": 3000, "Pneumothorax": 10, "Cardiomegaly": 0, "Herpes": 0}}
+    (tmp_path / TRAINING_VOCABULARY_FILE).write_text(json.dumps(document))
     chips, note = studio.finding_chips(tmp_path)
-    assert [(c.label, c.count) for c in chips] == [("Normal", 3000), ("Pneumothorax", 10)]
-    assert chips[0].text == "Normal · 3,000" and "trained on" in note
+    assert [(c.label, c.count) for c in chips] == [("Normal", 3000), ("Pneumothorax", 10)]  # never-seen ones not offered
+    assert chips[0].text == "Normal · 3,000" and chips[1].phrase == "pneumothorax"
+    assert "trained on" in note and "3,010" in note and "2 vocabulary findings never seen" in note
+
+
+def test_the_shipped_weights_offer_their_recorded_findings():
+    from xray_generator.model_vocabulary import load_training_vocabulary
+    from xray_generator.paths import weights_dir
+
+    vocabulary = load_training_vocabulary(weights_dir() / "ldm")
+    if vocabulary is None:
+        pytest.skip("the shipped weights have no training_vocabulary.json")
+    chips, _ = studio.finding_chips(weights_dir() / "ldm")
+    assert {c.label: c.count for c in chips} == {k: v for k, v in vocabulary["label_counts"].items() if v > 0}
 
 
 def test_a_broken_vocabulary_file_is_reported_and_no_counts_are_invented(tmp_path):
-    (tmp_path / studio.TRAINING_VOCABULARY_FILE).write_text(json.dumps({"findings": {"Normal": -1}}))
+    from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE
+
+    (tmp_path / TRAINING_VOCABULARY_FILE).write_text("{not json")
     chips, note = studio.finding_chips(tmp_path)
     assert "could not be read" in note and all(c.count is None for c in chips)
 

@@ -667,7 +667,15 @@ def prompt_for_label(label: str) -> str:
     return f"Frontal chest radiograph: {phrases_for(label)[0]}."
 
 
-TRAINING_VOCABULARY_FILE = "training_vocabulary.json"
+def chip_phrase(label: str) -> str:
+    """The words a chip adds: the label's first radiology phrase; a thoracic finding (NIH/IU set) by its own name.
+
+    `vocabulary.phrases_for` reads unlisted labels as organisms ("<label> pneumonia"), which is
+    right for the curated labels and wrong for e.g. "Cardiomegaly".
+    """
+    from xray_generator.vocabulary import THORACIC_FINDINGS, phrases_for
+
+    return label.lower() if label in THORACIC_FINDINGS else phrases_for(label)[0]
 
 
 @dataclass(frozen=True)
@@ -683,53 +691,36 @@ class FindingChip:
         return self.label if self.count is None else f"{self.label} · {self.count:,}"
 
 
-def _vocabulary_counts(document: Any) -> dict[str, int]:
-    """label -> training-image count from a training-vocabulary document.
-
-    Accepts {"findings": {label: count}}, {"findings": [{"label"|"finding": ..., "count"|"images": n}]}
-    or a plain {label: count}; anything else is a ValueError naming what was expected.
-    """
-    findings = document.get("findings", document) if isinstance(document, dict) else None
-    if isinstance(findings, list):
-        pairs = []
-        for row in findings:
-            label = row.get("label", row.get("finding")) if isinstance(row, dict) else None
-            count = row.get("count", row.get("images", row.get("training_images"))) if isinstance(row, dict) else None
-            pairs.append((label, count))
-    elif isinstance(findings, dict):
-        pairs = list(findings.items())
-    else:
-        raise ValueError("expected {'findings': {label: count}} or a list of {'label', 'count'} rows")
-    counts = {}
-    for label, count in pairs:
-        if not isinstance(label, str) or not _is_integer(count) or count < 0:
-            raise ValueError(f"each finding needs a name and a non-negative whole count, got {label!r}: {count!r}")
-        counts[label] = int(count)
-    return counts
-
-
 def finding_chips(weights_folder: str | Path | None) -> tuple[list[FindingChip], str]:
     """(chips, a sentence saying where they come from) for the prompt-assist row.
 
-    With `<weights>/training_vocabulary.json` (written at export), the chips are the findings the
-    model was trained on, most images first, with their counts. Without it, the chips are the
-    label vocabulary (`xray_generator.vocabulary.LABELS`) and the sentence says that no counts were
+    With the weights' training vocabulary (`model_vocabulary.load_training_vocabulary`, written at
+    export), the chips are the findings the model was trained on, most images first, with their
+    counts; findings it never saw are not offered (the page's notice names them if a prompt asks for
+    one). Without it, the chips are the label vocabulary and the sentence says that no counts were
     recorded for these weights; counts are never estimated.
     """
-    from xray_generator.vocabulary import LABELS, phrases_for
+    from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, load_training_vocabulary
+    from xray_generator.vocabulary import LABELS
 
-    path = Path(weights_folder) / TRAINING_VOCABULARY_FILE if weights_folder is not None else None
-    if path is not None and path.is_file():
-        try:
-            counts = _vocabulary_counts(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-            chips = [FindingChip(label, phrases_for(label)[0], None) for label in LABELS]
-            return chips, f"{_shown_path(path)} could not be read ({exc}); showing the label vocabulary without counts."
-        ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        chips = [FindingChip(label, phrases_for(label)[0], count) for label, count in ordered]
-        return chips, f"Findings these weights were trained on, with training-image counts ({_shown_path(path)})."
-    chips = [FindingChip(label, phrases_for(label)[0], None) for label in LABELS]
-    return chips, "The label vocabulary; counts not recorded for these weights (no training_vocabulary.json beside them)."
+    unrecorded = [FindingChip(label, chip_phrase(label), None) for label in LABELS]
+    if weights_folder is None:
+        return unrecorded, "The label vocabulary; counts not recorded for these weights."
+    path = Path(weights_folder) / TRAINING_VOCABULARY_FILE
+    try:
+        vocabulary = load_training_vocabulary(weights_folder)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        return unrecorded, f"{_shown_path(path)} could not be read ({exc}); the label vocabulary, without counts."
+    if vocabulary is None:
+        return unrecorded, "The label vocabulary; counts not recorded for these weights (no training_vocabulary.json beside them)."
+    counts = {label: int(n) for label, n in vocabulary["label_counts"].items() if _is_integer(n)}
+    trained = sorted(((label, n) for label, n in counts.items() if n > 0), key=lambda item: (-item[1], item[0]))
+    unseen = sum(1 for n in counts.values() if n == 0)
+    chips = [FindingChip(label, chip_phrase(label), n) for label, n in trained]
+    total = vocabulary.get("n_images")
+    images = f" of {total:,} training images" if _is_integer(total) else ""
+    return chips, (f"Findings these weights were trained on, with their image counts{images} ({_shown_path(path)}); "
+                   f"{unseen} vocabulary finding{'s' if unseen != 1 else ''} never seen in training {'are' if unseen != 1 else 'is'} not offered.")
 
 
 def prompt_with_finding(prompt: str, phrase: str) -> str:
