@@ -139,7 +139,7 @@ def alternative_families_in_browser(page) -> None:
     assert page.locator('[data-testid="stImage"] img').count() == 3
     save_screenshot(page, "1c_generate_cvae")
     pick_option(page, "Model family", "LSGAN — not trained yet")
-    assert page.get_by_text("is not trained yet — train with").first.is_visible()
+    page.get_by_text("is not trained yet — train with").first.wait_for(timeout=60_000)  # a rerun can lag under load
     pick_option(page, "Model family", "Latent diffusion (text to X-ray)")
 
 
