@@ -19,7 +19,9 @@ import streamlit as st  # noqa: E402
 from pages import _ui  # noqa: E402
 from xray_generator import studio  # noqa: E402
 
-st.set_page_config(page_title="CXR Studio", page_icon=":material/radiology:", layout="wide")
+# An emoji favicon is drawn locally (an inline SVG); a ":material/…:" page icon makes the browser fetch the
+# favicon from fonts.gstatic.com, and the studio must not touch the network.
+st.set_page_config(page_title="CXR Studio", page_icon="🩻", layout="wide")
 _ui.keep_widget_state()
 _ui.configure_runtime()
 

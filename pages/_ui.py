@@ -21,7 +21,7 @@ log = logging.getLogger("cxr_studio")
 # Widget values that should survive a switch to another page and back (Streamlit drops the state
 # of widgets that are not drawn in a run; re-assigning the key keeps it).
 PERSISTENT_KEYS = ("model_family", "prompt", "negative_prompt", "sampler", "steps", "guidance", "seed_mode", "seed",
-                   "num_images", "resolution", "preset", "family_seed", "family_num_images", "family_preset",
+                   "num_images", "resolution", "preset", "guidance_fraction", "image_view", "family_seed", "family_num_images", "family_preset",
                    "cvae_source", "cvae_condition", "cvae_seed")
 
 
@@ -210,3 +210,39 @@ def choose_radiograph(prefix: str, label: str | None = None, prefer_sources=()):
     st.caption(f"Source: **{row.source}** ({row.source_repo}) · licence **{row.license}** · {row.view} · {row.split} split · "
                f"labels: {row.labels}")
     return read_gray(manifest.path_of(image_id)), image_id, f"dataset image {image_id}"
+
+
+# ------------------------------------------------------------------ comparison slider and mask painting
+
+
+def comparison_slider(before: np.ndarray, after: np.ndarray, before_label: str, after_label: str,
+                      display_width: int = 512, caption: str = "") -> None:
+    """A before/after slider (`xray_generator.image_views`): self-contained HTML, nothing loaded from the network."""
+    import streamlit.components.v1 as components
+
+    from xray_generator.image_views import comparison_slider_html, slider_frame_height
+
+    components.html(comparison_slider_html(before, after, before_label, after_label, display_width, caption),
+                    height=slider_frame_height(display_width, np.asarray(before).shape))
+
+
+def mask_canvas(background_rgb: np.ndarray, stroke_rgba: str, stroke_width: int, key: str) -> np.ndarray | None:
+    """A drawing canvas over `background_rgb` (streamlit-drawable-canvas; its frontend is bundled in the wheel).
+
+    Returns the strokes as an RGBA (H, W, 4) array, or None before anything is drawn. The canvas's
+    own toolbar has undo, redo and clear. Needs a `streamlit run` server: the component's assets are
+    registered when the server starts, so under AppTest it is unavailable and says so.
+    """
+    from PIL import Image
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        from streamlit_drawable_canvas import st_canvas
+    except StreamlitAPIException as exc:
+        st.info(f"The paint canvas is unavailable in this runtime ({exc}); the starting zone is the mask.")
+        return None
+    height, width = background_rgb.shape[:2]
+    result = st_canvas(fill_color="rgba(0, 0, 0, 0)", stroke_width=int(stroke_width), stroke_color=stroke_rgba,
+                       background_image=Image.fromarray(background_rgb), width=width, height=height,
+                       drawing_mode="freedraw", return_image_data=True, key=key)
+    return result.image_data

@@ -132,6 +132,28 @@ def custom_preset_builder(image: np.ndarray, synthetic: bool) -> None:
         st.caption("Move a slider away from its neutral value to build a preset.")
 
 
+def preset_slider(image: np.ndarray, available: dict, synthetic: bool) -> None:
+    """Any two presets (or the unenhanced input, preset "None") on one image, under a before/after slider."""
+    names = list(available)
+    st.session_state.setdefault("enhance_slider_left", "None" if "None" in names else names[0])
+    st.session_state.setdefault("enhance_slider_right", next((n for n in names if n != "None"), names[0]))
+    for key in ("enhance_slider_left", "enhance_slider_right"):
+        if st.session_state[key] not in names:  # a saved preset deleted since
+            st.session_state[key] = names[0]
+    left, right = st.columns(2)
+    left_name = left.selectbox("Left of the handle", names, key="enhance_slider_left")
+    right_name = right.selectbox("Right of the handle", names, key="enhance_slider_right")
+    # Keys name the side, so the same preset can sit on both sides (a check that the slider shows no difference).
+    results = compare_presets(image, {f"left: {left_name}": available[left_name], f"right: {right_name}": available[right_name]})
+    kind = "SYNTHETIC" if synthetic else "input"
+    view, table = st.columns([3, 2])
+    with view:
+        _ui.comparison_slider(results[0].image, results[1].image, left_name, right_name, display_width=min(640, image.shape[1] * 2),
+                              caption=f"{kind} · drag across to compare {left_name} | {right_name}")
+    table.dataframe(pd.DataFrame([r.row() for r in results]).set_index("preset")[list(DESCRIPTOR_NAMES)].style.format("{:.4g}"),
+                    width="stretch")
+
+
 def main() -> None:
     st.title("Enhancement comparison")
     st.caption("Display enhancements from post_process.py. They change how an image looks, not what it shows.")
@@ -148,6 +170,8 @@ def main() -> None:
         st.info("Choose at least one preset.")
         return
     st.caption(f"Comparing on {description}, {image.shape[1]} × {image.shape[0]} px.")
+    with _ui.section("Before/after slider"):
+        preset_slider(image, available, synthetic)
     with _ui.section("Preset comparison"):
         results = compare_presets(image, {name: available[name] for name in chosen})
         for start in range(0, len(results), 5):

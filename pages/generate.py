@@ -7,11 +7,13 @@ beside a difference map. Families without weights say how to train them.
 from __future__ import annotations
 
 import streamlit as st
+import streamlit.components.v1 as components
 
 from pages import _ui
 from post_process import BUILTIN_PRESETS
-from xray_generator import studio
+from xray_generator import generation_history, studio
 from xray_generator.dicom import dicom_bytes
+from xray_generator.image_views import pixel_view_html, pixel_view_height
 from xray_generator.pipelines.editing import DIFFERENCE_GAIN, difference_image
 from xray_generator.pipelines.latent_diffusion import MAX_GUIDANCE, SAMPLERS, GenerationCancelled
 from xray_generator.precision import precision_label
@@ -50,18 +52,39 @@ def preset_selector(container, key: str, help: str) -> tuple[str, tuple]:
     return preset, (tuple(custom_presets.get(preset, ())) if preset not in BUILTIN_PRESETS else ())
 
 
-def show_generation(result: studio.GenerationResult, downloads: dict, summary: str, prefix: str = ""):
-    """Every image with its SYNTHETIC caption, PNG and DICOM downloads, and the batch ZIP; returns the actions row."""
-    st.success(summary)
+def show_image(item: studio.GeneratedImage, view: str | None) -> None:
+    """One generated image: fitted to its column's width, at 1:1 pixels in a scroll box, or (view None) at 256-512 px."""
+    if view == "fit":
+        _ui.show_synthetic(item.image, item.caption, width="stretch")
+    elif view == "pixels":
+        caption = f"{item.caption} · 1:1 pixels"
+        components.html(pixel_view_html(item.image, caption=caption), height=pixel_view_height(item.image.shape))
+    else:
+        # Shown at 256 to 512 px: small native outputs (a tiny model) are displayed larger, the files keep their size.
+        _ui.show_synthetic(item.image, item.caption, width=min(max(item.image.shape[1], 256), 512))
+
+
+def show_generation(result: studio.GenerationResult, downloads: dict, summary: str, prefix: str = "", view: str | None = None):
+    """Every image with its SYNTHETIC caption, PNG and DICOM downloads, and the batch ZIP; returns the actions row.
+
+    With a `view` ("fit" or "pixels", the Generate page's right column) the images come first, one
+    or two per row, and the summary follows; without, they are a grid of up to four under it.
+    """
+    if view is None:
+        st.success(summary)
+    columns = st.columns(1 if view is not None and len(result.images) == 1 else 2 if view is not None else
+                         max(2, min(4, len(result.images))))
+    for index, item in enumerate(result.images):
+        with columns[index % len(columns)]:
+            show_image(item, view)
+    if view is not None:
+        st.success(summary)
     for notice in result.notices:
         st.info(notice)
     burn_in = st.toggle("Burn 'SYNTHETIC' into the DICOM pixels", key=f"{prefix}dicom_burn_in",
                         help="The DICOM header marks the image as synthetic either way; BurnedInAnnotation records this choice.")
-    columns = st.columns(max(2, min(4, len(result.images))))
     for index, item in enumerate(result.images):
         with columns[index % len(columns)]:
-            # Shown at 256 to 512 px: small native outputs (a tiny model) are displayed larger, the files keep their size.
-            _ui.show_synthetic(item.image, item.caption, width=min(max(item.image.shape[1], 256), 512))
             stem = studio.image_file_stem(item.metadata)
             st.download_button("PNG (with metadata)", downloads["png"][index], f"{stem}.png", "image/png",
                                key=f"{prefix}png_{index}", on_click="ignore", icon=":material/download:")
@@ -127,10 +150,14 @@ def main() -> None:
     elif status.kind == "noise":
         noise_family_form(status, pipe)
     else:
-        latent_diffusion_form(pipe)
+        latent_diffusion_form(pipe, status)
 
 
-def latent_diffusion_form(pipe) -> None:
+IMAGE_VIEWS = {"fit": "Fit to width", "pixels": "1:1 pixels"}
+
+
+def latent_diffusion_form(pipe, status: studio.GeneratorStatus) -> None:
+    """Controls on the left, the result on the right (both in view at 1400 x 1000), the tab's history below."""
     defaults = pipe.generation_defaults
 
     # Defaults go into session_state once, so widgets never get both a default and a state value.
@@ -138,20 +165,60 @@ def latent_diffusion_form(pipe) -> None:
                        "sampler": defaults["sampler"], "steps": int(defaults["num_inference_steps"]),
                        "guidance": float(defaults["guidance_scale"]),
                        "guidance_fraction": float(defaults.get("guidance_fraction", 1.0)), "seed_mode": "Random", "seed": 0, "num_images": 1,
-                       "resolution": studio.NATIVE_RESOLUTION, "preset": "None"}.items():
+                       "resolution": studio.NATIVE_RESOLUTION, "preset": "None", "image_view": "fit"}.items():
         st.session_state.setdefault(key, value)
 
+    controls, output = st.columns([5, 6], gap="large")
+    with controls:
+        submitted = prompt_form(pipe)
+        prompt_assist(status)
+        preset, preset_steps = generation_settings(defaults)
+    with output:
+        if submitted:
+            run_generation(pipe, preset, preset_steps)
+        if st.session_state.pop("generation_cancelled", False):
+            st.warning("Generation cancelled; no new images were kept.")
+        show_latest_generation()
+    show_history()
+
+
+def prompt_form(pipe) -> bool:
+    """Example picker, prompt, negative prompt and the Generate button; True when the form was submitted.
+
+    A form, so that Ctrl+Enter (Cmd+Enter on a Mac) in the prompt submits it, i.e. generates.
+    """
     examples = dict(studio.example_prompts())
     st.selectbox("Example prompts", list(examples), index=None, key="example_prompt", on_change=use_example, args=(examples,),
                  placeholder="Pick an example (finding vocabulary, or real IU report text) to fill the prompt",
                  help="IU report examples are verbatim report text (licence not stated; research use only).")
-    st.text_area("Prompt", key="prompt", height=90, max_chars=2000)
-    # Findings the model saw rarely or never (issue 18): a self-contained block under the prompt.
-    from xray_generator.model_vocabulary import load_training_vocabulary, prompt_notices
-    for notice in prompt_notices(st.session_state["prompt"], load_training_vocabulary(getattr(pipe, "weights_folder", "."))):
-        st.warning(f"Training data: {notice}", icon="⚠️")
-    st.text_input("Negative prompt (optional)", key="negative_prompt", help="What to steer away from, e.g. 'lateral view, text'.")
+    with st.form("prompt_form", border=False):
+        st.text_area("Prompt", key="prompt", height=90, max_chars=2000,
+                     help="Ctrl+Enter (Cmd+Enter on a Mac) generates.")
+        # Findings the model saw rarely or never (issue 18): a self-contained block under the prompt.
+        from xray_generator.model_vocabulary import load_training_vocabulary, prompt_notices
+        for notice in prompt_notices(st.session_state["prompt"], load_training_vocabulary(getattr(pipe, "weights_folder", "."))):
+            st.warning(f"Training data: {notice}", icon="⚠️")
+        st.text_input("Negative prompt (optional)", key="negative_prompt", help="What to steer away from, e.g. 'lateral view, text'.")
+        return st.form_submit_button("Generate", type="primary", key="generate", help="Ctrl+Enter in the prompt does the same.")
 
+
+def add_finding(chips: dict[str, studio.FindingChip]) -> None:
+    chosen = st.session_state.get("finding_chip")
+    if chosen in chips:
+        st.session_state["prompt"] = studio.prompt_with_finding(st.session_state.get("prompt", ""), chips[chosen].phrase)
+    st.session_state["finding_chip"] = None  # a chip is an action, not a state
+
+
+def prompt_assist(status: studio.GeneratorStatus) -> None:
+    """Chips that add a finding to the prompt: the findings the model was trained on, with counts when recorded."""
+    chip_list, note = studio.finding_chips(status.folder)
+    chips = {chip.text: chip for chip in chip_list}
+    st.pills("Add a finding", list(chips), key="finding_chip", on_change=add_finding, args=(chips,), width="stretch",
+             help="Appends the finding's radiology phrase to the prompt as a sentence of its own.")
+    st.caption(note)
+
+
+def generation_settings(defaults: dict) -> tuple[str, tuple]:
     left, middle, right = st.columns(3)
     left.selectbox("Sampler", sorted(SAMPLERS), key="sampler")
     middle.slider("Steps", 1, 100, key="steps", help="Time grows linearly with steps.")
@@ -167,68 +234,118 @@ def latent_diffusion_form(pipe) -> None:
                         disabled=st.session_state["seed_mode"] == "Random",
                         help="Image i of a batch uses seed + i; the same seed and settings give the same image.")
     right.number_input("Number of images", 1, studio.MAX_IMAGES_PER_REQUEST, key="num_images")
+    st.radio("Resolution", list(RESOLUTION_LABELS), key="resolution", format_func=RESOLUTION_LABELS.get)
+    return preset_selector(
+        st, "preset", "Display enhancement from post_process.py, applied to the 256 px output before any upscaling.")
 
-    left, right = st.columns(2)
-    left.radio("Resolution", list(RESOLUTION_LABELS), key="resolution", format_func=RESOLUTION_LABELS.get)
 
-    preset, preset_steps = preset_selector(
-        right, "preset", "Display enhancement from post_process.py, applied to the 256 px output before any upscaling.")
+def run_generation(pipe, preset: str, preset_steps: tuple) -> None:
+    """Generate with the current settings; progress and Cancel show here, the result goes to the session and history."""
+    st.session_state.pop("generation_cancelled", None)
+    seed = studio.random_seed() if st.session_state["seed_mode"] == "Random" else int(st.session_state["seed"])
+    request = studio.GenerationRequest(
+        prompt=st.session_state["prompt"],
+        negative_prompt=st.session_state["negative_prompt"],
+        sampler=st.session_state["sampler"],
+        steps=int(st.session_state["steps"]),
+        guidance=float(st.session_state["guidance"]),
+        guidance_fraction=float(st.session_state["guidance_fraction"]),
+        seed=seed,
+        num_images=int(st.session_state["num_images"]),
+        resolution=int(st.session_state["resolution"]),
+        preset=preset,
+        preset_steps=preset_steps,
+    )
+    waiting = st.empty()
+    progress = st.progress(0.0, text="Starting…")
+    # Clicking Cancel reruns the script, which stops this run at its next progress update.
+    cancel_slot = st.empty()
+    cancel_slot.button("Cancel", key="cancel_generation", on_click=mark_cancelled)
 
-    if st.button("Generate", type="primary", key="generate"):
-        st.session_state.pop("generation_cancelled", None)
-        seed = studio.random_seed() if st.session_state["seed_mode"] == "Random" else int(st.session_state["seed"])
-        request = studio.GenerationRequest(
-            prompt=st.session_state["prompt"],
-            negative_prompt=st.session_state["negative_prompt"],
-            sampler=st.session_state["sampler"],
-            steps=int(st.session_state["steps"]),
-            guidance=float(st.session_state["guidance"]),
-            guidance_fraction=float(st.session_state["guidance_fraction"]),
-            seed=seed,
-            num_images=int(st.session_state["num_images"]),
-            resolution=int(st.session_state["resolution"]),
-            preset=preset,
-            preset_steps=preset_steps,
-        )
-        waiting = st.empty()
-        progress = st.progress(0.0, text="Starting…")
-        # Clicking Cancel reruns the script, which stops this run at its next progress update.
-        cancel_slot = st.empty()
-        cancel_slot.button("Cancel", key="cancel_generation", on_click=mark_cancelled)
+    def report(done: int, total: int) -> None:
+        progress.progress(done / total, text=f"Step {done} of {total}")
 
-        def report(done: int, total: int) -> None:
-            progress.progress(done / total, text=f"Step {done} of {total}")
+    try:
+        request.check()
+        with studio.generation_lock(on_wait=lambda: waiting.info("Waiting for another generation to finish…")):
+            waiting.empty()
+            result = studio.generate_images(pipe, request, on_step=report)
+    except GenerationCancelled as exc:
+        st.warning(f"Generation cancelled: {exc}.")
+    except (ValueError, TimeoutError) as exc:
+        st.error(f"Cannot generate: {exc}")
+    else:
+        st.session_state["generation"] = result
+        st.session_state["generation_downloads"] = studio.generation_downloads(result)
+        record_in_history(request, result)
+    finally:
+        progress.empty()
+        cancel_slot.empty()
 
-        try:
-            request.check()
-            with studio.generation_lock(on_wait=lambda: waiting.info("Waiting for another generation to finish…")):
-                waiting.empty()
-                result = studio.generate_images(pipe, request, on_step=report)
-        except GenerationCancelled as exc:
-            st.warning(f"Generation cancelled: {exc}.")
-        except (ValueError, TimeoutError) as exc:
-            st.error(f"Cannot generate: {exc}")
-        else:
-            st.session_state["generation"] = result
-            st.session_state["generation_downloads"] = studio.generation_downloads(result)
-        finally:
-            progress.empty()
-            cancel_slot.empty()
 
-    if st.session_state.pop("generation_cancelled", False):
-        st.warning("Generation cancelled; no new images were kept.")
+def record_in_history(request: studio.GenerationRequest, result: studio.GenerationResult) -> None:
+    history = st.session_state.get("generation_history", [])
+    entry = generation_history.entry_from_result(request, result, generation_history.next_number(history))
+    same = generation_history.matching_entry(history, entry.fingerprints)
+    st.session_state["generation_history"] = generation_history.add_entry(history, entry)
+    st.session_state["generation_entry"] = entry.number
+    st.session_state["generation_reproduces"] = same.number if same is not None else None
 
+
+def show_latest_generation() -> None:
     result: studio.GenerationResult | None = st.session_state.get("generation")
-    if result is not None:
-        actions = show_generation(result, st.session_state["generation_downloads"],
-                                  f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
-                                  f"{result.steps_per_second:.2f} steps/s · {precision_label(result.images[0].metadata.get('precision'))}")
-        seeds = sorted({item.metadata["seed"] for item in result.images})
-        if st.session_state["seed_mode"] == "Random" or int(st.session_state["seed"]) != seeds[0]:
-            actions.button(f"Reuse seed {seeds[0]}", key="keep_seed", on_click=keep_seed, args=(seeds[0],),
-                           help="Switch to a fixed seed so the next run reproduces these images.")
-        with st.expander("Generation metadata"):
-            st.json([item.metadata for item in result.images], expanded=False)
+    if result is None:
+        st.info("The image appears here. Write a prompt and click Generate (or press Ctrl+Enter in the prompt).")
+        return
+    view = st.segmented_control("View", list(IMAGE_VIEWS), key="image_view", format_func=IMAGE_VIEWS.get,
+                                help="Fit to width: scaled to this column. 1:1 pixels: one image pixel per screen pixel, "
+                                     "unsmoothed, scrolling if larger.")
+    actions = show_generation(result, st.session_state["generation_downloads"],
+                              f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
+                              f"{result.steps_per_second:.2f} steps/s · {precision_label(result.images[0].metadata.get('precision'))}",
+                              view=view or "fit")
+    seeds = sorted({item.metadata["seed"] for item in result.images})
+    if st.session_state["seed_mode"] == "Random" or int(st.session_state["seed"]) != seeds[0]:
+        actions.button(f"Reuse seed {seeds[0]}", key="keep_seed", on_click=keep_seed, args=(seeds[0],),
+                       help="Switch to a fixed seed so the next run reproduces these images.")
+    same = st.session_state.get("generation_reproduces")
+    if same is not None:
+        st.info(f"Byte-identical to history #{same}: the same settings and seed reproduce the same image.",
+                icon=":material/verified:")
+    with st.expander("Generation metadata"):
+        st.json([item.metadata for item in result.images], expanded=False)
+
+
+def restore_from_history(number: int) -> None:
+    entry = next((e for e in st.session_state.get("generation_history", []) if e.number == number), None)
+    if entry is None:
+        return
+    custom_presets, _ = studio.saved_presets()
+    values, notices = generation_history.restored_widget_values(entry, [*BUILTIN_PRESETS, *custom_presets])
+    st.session_state.update(values)
+    st.session_state["history_restored"] = (number, notices)
+
+
+def show_history() -> None:
+    """This tab's last results, newest first; Restore puts an entry's settings and seed back into the controls."""
+    history = st.session_state.get("generation_history", [])
+    restored = st.session_state.pop("history_restored", None)
+    if restored is not None:
+        number, notices = restored
+        st.toast(f"Settings and seed of #{number} restored: Generate reproduces it.", icon=":material/history:")
+        for notice in notices:
+            st.warning(notice)
+    if not history:
+        return
+    st.subheader(f"History of this tab ({len(history)} of the last {generation_history.HISTORY_LIMIT})")
+    per_row = 8
+    for start in range(0, len(history), per_row):
+        columns = st.columns(per_row)
+        for column, entry in zip(columns, history[start:start + per_row]):
+            with column:
+                _ui.show_synthetic(entry.thumbnail, entry.caption, width="stretch")
+                st.button(f"Restore #{entry.number}", key=f"history_restore_{entry.number}", on_click=restore_from_history,
+                          args=(entry.number,), help=f"{entry.label}\n\n{entry.describe()}", width="stretch")
 
 
 def noise_family_form(status: studio.GeneratorStatus, generator) -> None:

@@ -55,10 +55,12 @@ def assert_clean(at: AppTest) -> None:
 
 
 def generate(at: AppTest, prompt: str = "right lower lobe pneumonia", seed: int | None = 5, **settings) -> AppTest:
-    at.text_area(key="prompt").set_value(prompt)
     if seed is not None:
         at.radio(key="seed_mode").set_value("Fixed").run()  # the seed box is disabled until then
         at.number_input(key="seed").set_value(seed)
+    # The prompt is in the Generate form: a value typed there is sent with the form's submit, so it is
+    # set after the rerun above (AppTest, unlike a browser, drops unsubmitted form values on a rerun).
+    at.text_area(key="prompt").set_value(prompt)
     for key, value in settings.items():
         widget = {"resolution": at.radio, "num_images": at.number_input, "preset": at.selectbox}[key]
         widget(key=key).set_value(value)
@@ -400,3 +402,49 @@ def test_a_failing_page_shows_an_error_and_the_app_still_renders(studio_env, mon
     monkeypatch.setattr(studio, "example_prompts", working)
     at.switch_page("pages/dataset.py").run()
     assert_clean(at)
+
+
+def test_history_restores_settings_and_seed_and_regenerating_reproduces_the_image(studio_env):
+    at = generate(open_app(), prompt="right upper lobe mass", seed=5)
+    first = at.session_state["generation"].images[0].image.copy()
+    at = generate(at, prompt="left lower lobe pneumonia", seed=6, num_images=2)
+    history = at.session_state["generation_history"]
+    assert [entry.number for entry in history] == [2, 1] and len(history[0].fingerprints) == 2
+    assert at.button(key="history_restore_1") and at.button(key="history_restore_2")
+    assert all(c.startswith("SYNTHETIC") for image in at.image for c in image.captions)  # thumbnails too
+
+    at.button(key="history_restore_1").click().run()
+    assert_clean(at)
+    assert at.text_area(key="prompt").value == "right upper lobe mass"
+    assert at.radio(key="seed_mode").value == "Fixed" and at.number_input(key="seed").value == 5
+    assert at.number_input(key="num_images").value == 1
+    at.button(key="generate").click().run()
+    assert np.array_equal(at.session_state["generation"].images[0].image, first)
+    assert any("Byte-identical to history #1" in message for message in texts(at.info))
+    assert [entry.number for entry in at.session_state["generation_history"]] == [3, 2, 1]
+
+
+def test_one_to_one_view_and_finding_chips(studio_env):
+    at = generate(open_app(), prompt="PA chest radiograph: clear lungs.", seed=2)
+    at.segmented_control(key="image_view").set_value("pixels").run()
+    assert_clean(at)
+    assert "counts not recorded for these weights" in " ".join(texts(at.caption))
+    chip = next(option for option in at.pills(key="finding_chip").options if option.startswith("Pneumonia"))
+    at.pills(key="finding_chip").set_value(chip).run()
+    assert_clean(at)
+    assert at.text_area(key="prompt").value == "PA chest radiograph: clear lungs. Pneumonia."
+    assert at.pills(key="finding_chip").value is None  # a chip adds once, it is not a toggle
+
+
+def test_enhance_slider_compares_any_two_presets(studio_env):
+    buffer = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((96, 96)) * 255).astype(np.uint8)).save(buffer, "PNG")
+    at = open_app("enhance")
+    at.radio(key="enhance_source").set_value("Upload").run()
+    at.file_uploader(key="enhance_upload").set_value(("film.png", buffer.getvalue(), "image/png")).run()
+    at.selectbox(key="enhance_slider_left").set_value("High Contrast")
+    at.selectbox(key="enhance_slider_right").set_value("High Contrast").run()  # the same preset on both sides is allowed
+    assert_clean(at)
+    table = at.dataframe[0].value
+    assert list(table.index) == ["left: High Contrast", "right: High Contrast"]
+    assert table.iloc[0].equals(table.iloc[1])

@@ -203,3 +203,29 @@ def test_edit_page_edits_a_dataset_image(monkeypatch, tiny_weights_root, tmp_pat
     result = at.session_state["edit_result"][0]
     assert result.metadata["region"] == "right-lower" and result.metadata["synthetic"] is True
     assert "research use only" in " ".join(str(c.value) for c in at.caption).lower()
+
+
+def test_edit_page_paint_mode_starts_from_a_zone(monkeypatch, tiny_weights_root, tmp_path):
+    """Under AppTest the canvas (a browser component) draws nothing, so the starting zone is the mask.
+    Painting itself is exercised in Chromium (tests/test_browser_e2e.py)."""
+    from streamlit.testing.v1 import AppTest
+
+    from xray_generator.pipelines.editing import region_mask
+
+    for name, value in {"CXR_WEIGHTS_DIR": tiny_weights_root, "CXR_OUTPUTS_DIR": tmp_path, "CXR_DATA_DIR": SAMPLE,
+                        "CXR_SAMPLE_DIR": SAMPLE, "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, str(value))
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/edit.py").run()
+    at.selectbox(key="edit_region").set_value("Paint on the film").run()
+    assert any("Paint where the film may change" in str(i.value) for i in at.info)
+    assert at.button(key="edit_button").disabled  # an empty start and nothing painted: nothing to edit
+    at.selectbox(key="edit_paint_start").set_value("right-lower").run()
+    assert not at.button(key="edit_button").disabled
+    at.button(key="edit_button").click().run()
+    assert not at.exception and not at.error, [str(e.value) for e in at.error]
+    result = at.session_state["edit_result"][0]
+    assert np.array_equal(result.mask, region_mask("right-lower", result.mask.shape[0]))
+    assert result.metadata["mask"].startswith("mask (")
+    downloads = at.session_state["edit_result"][3]
+    assert {"png", "diff", "mask"} <= set(downloads)

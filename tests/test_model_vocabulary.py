@@ -105,9 +105,12 @@ def test_generate_page_warns_about_unseen_findings_but_not_negated_ones(weights_
         monkeypatch.setenv(name, str(value))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert _sample_train_count("Emphysema") == 0
-    at.text_area(key="prompt").set_value("Moderate emphysema with small bilateral pleural effusions. No pneumothorax.").run()
+    # The prompt is in the Generate form (Ctrl+Enter generates): its value, and so the notice, arrives with the submit.
+    at.text_area(key="prompt").set_value("Moderate emphysema with small bilateral pleural effusions. No pneumothorax.")
+    at.button(key="generate").click().run()
     warnings = " ".join(str(w.value) for w in at.warning)
     assert "emphysema" in warnings and "not in the training data" in warnings
     assert "pneumothorax" not in warnings.lower()
-    at.text_area(key="prompt").set_value("Right lower lobe pneumonia. No pneumothorax.").run()
+    at.text_area(key="prompt").set_value("Right lower lobe pneumonia. No pneumothorax.")
+    at.button(key="generate").click().run()
     assert not any("Training data" in str(w.value) for w in at.warning)

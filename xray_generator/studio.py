@@ -667,6 +667,77 @@ def prompt_for_label(label: str) -> str:
     return f"Frontal chest radiograph: {phrases_for(label)[0]}."
 
 
+def chip_phrase(label: str) -> str:
+    """The words a chip adds: the label's first radiology phrase; a thoracic finding (NIH/IU set) by its own name.
+
+    `vocabulary.phrases_for` reads unlisted labels as organisms ("<label> pneumonia"), which is
+    right for the curated labels and wrong for e.g. "Cardiomegaly".
+    """
+    from xray_generator.vocabulary import THORACIC_FINDINGS, phrases_for
+
+    return label.lower() if label in THORACIC_FINDINGS else phrases_for(label)[0]
+
+
+@dataclass(frozen=True)
+class FindingChip:
+    """A finding the user can add to the prompt with one click; `count` is None when not recorded."""
+
+    label: str
+    phrase: str
+    count: int | None
+
+    @property
+    def text(self) -> str:
+        return self.label if self.count is None else f"{self.label} · {self.count:,}"
+
+
+def finding_chips(weights_folder: str | Path | None) -> tuple[list[FindingChip], str]:
+    """(chips, a sentence saying where they come from) for the prompt-assist row.
+
+    With the weights' training vocabulary (`model_vocabulary.load_training_vocabulary`, written at
+    export), the chips are the findings the model was trained on, most images first, with their
+    counts; findings it never saw are not offered (the page's notice names them if a prompt asks for
+    one). Without it, the chips are the label vocabulary and the sentence says that no counts were
+    recorded for these weights; counts are never estimated.
+    """
+    from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, load_training_vocabulary
+    from xray_generator.vocabulary import LABELS
+
+    unrecorded = [FindingChip(label, chip_phrase(label), None) for label in LABELS]
+    if weights_folder is None:
+        return unrecorded, "The label vocabulary; counts not recorded for these weights."
+    path = Path(weights_folder) / TRAINING_VOCABULARY_FILE
+    try:
+        vocabulary = load_training_vocabulary(weights_folder)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        return unrecorded, f"{_shown_path(path)} could not be read ({exc}); the label vocabulary, without counts."
+    if vocabulary is None:
+        return unrecorded, "The label vocabulary; counts not recorded for these weights (no training_vocabulary.json beside them)."
+    counts = {label: int(n) for label, n in vocabulary["label_counts"].items() if _is_integer(n)}
+    trained = sorted(((label, n) for label, n in counts.items() if n > 0), key=lambda item: (-item[1], item[0]))
+    unseen = sum(1 for n in counts.values() if n == 0)
+    chips = [FindingChip(label, chip_phrase(label), n) for label, n in trained]
+    total = vocabulary.get("n_images")
+    images = f" of {total:,} training images" if _is_integer(total) else ""
+    return chips, (f"Findings these weights were trained on, with their image counts{images} ({_shown_path(path)}); "
+                   f"{unseen} vocabulary finding{'s' if unseen != 1 else ''} never seen in training {'are' if unseen != 1 else 'is'} not offered.")
+
+
+def prompt_with_finding(prompt: str, phrase: str) -> str:
+    """`prompt` with `phrase` appended as a sentence of its own; unchanged if the phrase is already in it.
+
+    A new sentence (not a clause after a comma) so that a negation earlier in the prompt ("no
+    effusion, ...") does not reach the added finding.
+    """
+    text = prompt.strip()
+    if phrase.lower() in text.lower():
+        return prompt
+    if not text:
+        return f"PA chest radiograph: {phrase}."
+    sentence = phrase[:1].upper() + phrase[1:]
+    return f"{text} {sentence}." if text.endswith((".", "!", "?")) else f"{text}. {sentence}."
+
+
 # ---------------------------------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------------------------------
@@ -1500,13 +1571,18 @@ def edit_file_stem(metadata: dict) -> str:
 
 
 def edit_downloads(result) -> dict[str, bytes]:
-    """PNG bytes of the edited image and of its difference map, each with the edit's provenance."""
+    """PNG bytes of the edited image, its difference map and (masked edits) the mask, each with provenance."""
     from xray_generator.pipelines.editing import difference_image, difference_metadata
 
-    return {
+    downloads = {
         "png": png_bytes_with_metadata(result.image, result.metadata),
         "diff": png_bytes_with_metadata(difference_image(result), difference_metadata(result)),
     }
+    if result.mask is not None:  # the mask as used (working size, white = edited), reusable as an upload
+        downloads["mask"] = png_bytes_with_metadata(result.mask, {"image": "edit mask, white = edited (before feathering)",
+                                                                  "mask": result.metadata.get("mask"),
+                                                                  "source_image_id": result.metadata.get("source_image_id")})
+    return downloads
 
 
 def editing_measurement(folder: str | Path | None = None) -> tuple[pd.DataFrame | None, Path | None, str]:
