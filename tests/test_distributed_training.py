@@ -62,14 +62,14 @@ def autoencoder(tmp_path_factory) -> Path:
     return train_vae.export_autoencoder(root / "run", root / "autoencoder")
 
 
-# Tolerance of both tests: the 2-process run must land within 5 % of ONE optimiser step (the reference's
-# second update, ||w2 - w1||) of the 1-process weights. With the same global batch the gradients differ only
-# by floating-point summation order (two half-batch means averaged by the all-reduce against one mean; a
-# convolution over 2 images against 4), about 1e-7 relative in fp32 and 1e-3 under forced bf16. AdamW's
-# first steps are nearly sign(gradient) x lr, so a gradient component within rounding of 0 may flip and
-# move its weight by up to 2 lr: such components are few, and a run on another global batch (the
-# control below) lands a whole step or more away (measured: ratio > 0.5).
-TOLERANCE_IN_STEPS = 0.05
+# Tolerance: the 2-process run must land within a quarter of ONE optimiser step (the reference's second
+# update, ||w2 - w1||) of the 1-process weights. With the same global batch the gradients differ only by
+# floating-point order (two half-batch means averaged by the all-reduce against one mean; convolutions
+# over 2 images against 4). AdamW's first steps are nearly sign(gradient) x lr, so a gradient component
+# within rounding of 0 can flip and move its weight by up to 2 lr; rounding is coarser in bf16.
+# Measured on the 2-core AVX2 CPU: 1.0e-4 of a step in fp32, 4.4e-2 under CXR_BF16=1, while a run on half
+# the global batch (what one process would learn alone) lands 2.4 steps away, so 0.25 separates the two.
+TOLERANCE_IN_STEPS = 0.25
 
 
 def test_ldm_trains_under_two_processes_like_one_with_the_same_global_batch_and_resumes(autoencoder, tmp_path):
@@ -88,7 +88,7 @@ def test_ldm_trains_under_two_processes_like_one_with_the_same_global_batch_and_
     train_ldm.train_ldm(half_batch, tmp_path / "control", data_dir=SAMPLE)
     control = relative_difference(checkpoint(tmp_path / "control", 2, "unet"), one_step[1], one_step)
     print(f"ldm: 2 processes {gap:.2e} of a step from 1 process; another batch {control:.3f}")
-    assert control > 10 * TOLERANCE_IN_STEPS, f"the tolerance must separate another batch ({control:.3f} of a step)"
+    assert control > 4 * TOLERANCE_IN_STEPS, f"the tolerance must separate another batch ({control:.3f} of a step)"
 
     # Checkpoints are written once, by the main process: one folder per step and one log row per step.
     state = json.loads((CheckpointDir(tmp_path / "two").latest() / "state.json").read_text())

@@ -171,3 +171,29 @@ def test_a_rerun_with_other_settings_into_the_same_folder_is_refused(one_process
         torch.set_num_threads(threads)
     assert code == 2
     assert "holds a data set made with other settings" in capsys.readouterr().err
+
+
+def test_index_url_registers_the_manifest_rows_and_an_unreachable_server_fails_before_generating(one_process_run, tiny_pipeline_dir,
+                                                                                               prompts_file, tmp_path, capsys):
+    import shutil
+
+    from xray_generator.__main__ import main
+    from xray_generator.data.index import generated_films
+
+    out = tmp_path / "registered"
+    shutil.copytree(one_process_run, out)  # every image is there: the run only verifies them, then registers
+    url = f"sqlite:///{tmp_path / 'lab.sqlite'}"
+    base = ["generate-dataset", "--prompts", str(prompts_file), "--per-prompt", "2", "--seed", "5", "--weights", str(tiny_pipeline_dir),
+            "--threads", "1", "--steps", "1", "--quiet"]
+    threads = torch.get_num_threads()
+    try:
+        assert main([*base, "--out", str(out), "--index-url", url]) == 0
+        assert "registered 5 generated films" in capsys.readouterr().out
+        films = generated_films(url)
+        assert sorted(Path(f).name for f in films["file"]) == [row["file"] for row in read_manifest(out)]
+        nowhere = f"postgresql+psycopg://nobody@/cxr?host={tmp_path}"
+        assert main([*base, "--out", str(tmp_path / "never"), "--index-url", nowhere]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert "cannot reach the index database" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
