@@ -283,13 +283,12 @@ def command_generate_dataset(args) -> int:
         check_launch()
     except LaunchError as exc:
         raise CliError(str(exc)) from exc
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # The pipeline runs on the CPU (it places no tensor on a GPU yet): processes shard the work over the cores.
+    state = PartialState(cpu=True)
     threads = args.threads or sd.threads_per_process(local_process_count())
     torch.set_num_threads(threads)
     try:
         pipe = sd.load_text_to_image(args.model, args.weights, args.text_encoder)
-        if state.device.type != "cpu":
-            pipe.to(state.device)  # a GPU per process where there are GPUs
         settings = sd.resolve_settings(pipe, args.steps, args.guidance, args.guidance_fraction, args.sampler)
         pipe.check_inputs("x", None, settings["num_inference_steps"], settings["guidance_scale"], 1, settings["height"],
                           settings["width"], args.seed, guidance_fraction=settings["guidance_fraction"])

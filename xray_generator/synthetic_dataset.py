@@ -8,7 +8,7 @@ What makes the output the same for any number of processes:
   `n` times) has seed `seed + j` and file `xray_<j>.png`;
 - jobs are cut into batches of `batch_size` consecutive jobs, and a batch is always rendered whole,
   each image from its own seeded noise (`render_batch`). Batched matrix products round differently
-  from single ones (at most a few 8-bit levels on a few pixels, measured on the shipped weights), so
+  from single ones (one grey level on up to 3 of 65,536 pixels at batch 4, shipped weights), so
   the batch size is a setting recorded with every image, and a batch's makeup never depends on
   the process count or on what a killed run already finished;
 - process p of N renders batches p, p + N, p + 2N, ... and writes only its own PNGs; the main
