@@ -41,9 +41,9 @@ MANIFEST_FIELDS = [
     "height", "width", "precision", "batch_size", "synthetic", "png_sha256",
 ]
 MAX_JOBS = 1_000_000
-# Images per pipeline call. 1 was the fastest on the 2-core AVX2 CPU (benchmarks/bench_generate_dataset.py),
-# and it makes each image independent of every other job, not only of the process count.
-DEFAULT_BATCH_SIZE = 1
+# Images per pipeline call: 4 was the fastest measured on the 2-core AVX2 CPU (benchmarks/bench_generate_dataset.py;
+# the README's "Scaling out" table). --batch-size 1 makes each image independent of every other job too.
+DEFAULT_BATCH_SIZE = 4
 
 
 class DatasetRequestError(ValueError):
@@ -279,7 +279,9 @@ def render_shard(pipe, settings: dict, out: Path, batches: Sequence[list[Job]], 
               mininterval=2, smoothing=0.1, dynamic_ncols=True) as bar:
         for batch in todo:
             for job, data in zip(batch, render_batch(pipe, settings, batch)):
-                atomic_write_bytes(out / job.file, data)
+                # A finished batch-mate's file is left alone: its bytes would be the same, and it keeps its date.
+                if not finished_file(out / job.file, expected_metadata(pipe, settings, job, batch_size)):
+                    atomic_write_bytes(out / job.file, data)
             rendered += len(batch)
             bar.update(len(batch))
             if on_batch is not None:
