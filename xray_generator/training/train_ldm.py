@@ -137,7 +137,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         train_manifest.table = train_manifest.table.iloc[: data_cfg["max_images"]]
         val_manifest.table = val_manifest.table.iloc[: data_cfg["max_images"]]
     # What the model learns from, per finding: exported beside the weights (the honest vocabulary).
-    write_training_vocabulary(run_dir, training_vocabulary(train_manifest.table, f"The train split of {manifest.root}."))
+    if accelerator.is_main_process:
+        write_training_vocabulary(run_dir, training_vocabulary(train_manifest.table, f"The train split of {manifest.root}."))
 
     autoencoder_dir = Path(config["autoencoder"])
     autoencoder = load_autoencoder(autoencoder_dir)
