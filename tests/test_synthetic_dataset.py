@@ -104,7 +104,7 @@ def test_one_process_run_writes_pngs_with_provenance_and_a_manifest_with_their_s
     for row in rows:
         data = (one_process_run / row["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == row["png_sha256"]
-        assert row["steps"] == "1" and row["batch_size"] == "1" and row["synthetic"] == "True" and row["weights_sha256"]
+        assert row["steps"] == "1" and row["batch_size"] == str(sd.DEFAULT_BATCH_SIZE) and row["synthetic"] == "True" and row["weights_sha256"]
     from xray_generator.io import read_png_metadata
 
     assert read_png_metadata(one_process_run / "xray_000003.png")["negative_prompt"] == "blurry"

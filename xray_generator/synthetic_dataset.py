@@ -159,8 +159,11 @@ def expected_metadata(pipe, settings: dict, job: Job, batch_size: int) -> dict:
     }
 
 
-def render_batch(pipe, settings: dict, batch: Sequence[Job]) -> list[bytes]:
-    """PNG bytes (with provenance) of every job of one batch, in one pipeline call."""
+def render_batch(pipe, settings: dict, batch: Sequence[Job], batch_size: int) -> list[bytes]:
+    """PNG bytes (with provenance) of every job of one batch, in one pipeline call.
+
+    `batch_size` is the run's setting, recorded in every PNG; the last batch of a job list may hold fewer jobs.
+    """
     from xray_generator.io import png_bytes_with_metadata
     from xray_generator.pipelines.latent_diffusion import seeded_latents
 
@@ -171,7 +174,7 @@ def render_batch(pipe, settings: dict, batch: Sequence[Job]) -> list[bytes]:
         sampler=settings["sampler"], num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
         guidance_fraction=settings["guidance_fraction"], height=settings["height"], width=settings["width"],
     )
-    return [png_bytes_with_metadata(image, expected_metadata(pipe, settings, job, len(batch))) for job, image in zip(batch, result.images)]
+    return [png_bytes_with_metadata(image, expected_metadata(pipe, settings, job, batch_size)) for job, image in zip(batch, result.images)]
 
 
 def finished_file(path: Path, wanted: dict) -> bool:
@@ -278,7 +281,7 @@ def render_shard(pipe, settings: dict, out: Path, batches: Sequence[list[Job]], 
     with tqdm(total=total, initial=kept, unit="img", desc="generate-dataset", disable=not progress, file=sys.stderr,
               mininterval=2, smoothing=0.1, dynamic_ncols=True) as bar:
         for batch in todo:
-            for job, data in zip(batch, render_batch(pipe, settings, batch)):
+            for job, data in zip(batch, render_batch(pipe, settings, batch, batch_size)):
                 # A finished batch-mate's file is left alone: its bytes would be the same, and it keeps its date.
                 if not finished_file(out / job.file, expected_metadata(pipe, settings, job, batch_size)):
                     atomic_write_bytes(out / job.file, data)
