@@ -52,6 +52,9 @@ def thumbnail_grid(filtered) -> None:
             thumbs.append(_ui.thumbnail(str(filtered.root / row.file)))
         except OSError:
             thumbs.append(np.zeros((128, 128), np.uint8))
+        if row.split == "synthetic":  # a generated film registered by generate-dataset --index-url
+            captions.append(f"SYNTHETIC · {row.source.removeprefix('synthetic:')}")
+            continue
         captions.append(f"{row.image_id[:20]} · {studio.finding_caption(row.labels)}")
     st.image(thumbs, caption=captions, width=128)
 
@@ -64,7 +67,8 @@ def thumbnail_grid(filtered) -> None:
     with left:
         try:
             image = read_gray(filtered.root / row["file"])
-            st.image(to_uint8(image), caption=f"REAL · {image_id} · {image.shape[1]}×{image.shape[0]} px", width="stretch")
+            kind = "SYNTHETIC (generated; research use only)" if studio.is_synthetic_row(row) else "REAL"
+            st.image(to_uint8(image), caption=f"{kind} · {image_id} · {image.shape[1]}×{image.shape[0]} px", width="stretch")
         except (OSError, ValueError) as exc:
             st.error(f"Cannot read {row['file']}: {exc}")
     with right:
@@ -122,6 +126,13 @@ def main() -> None:
         st.warning(message)
         return
     st.caption(f"{len(manifest):,} real, de-identified images from {manifest.root}. Research use only.")
+    if (url := studio.index_url()) and st.checkbox("Also show the generated films registered in the index", key="ds_generated",
+                                                   help=f"{studio.INDEX_URL_ENV}: films registered by generate-dataset --index-url; "
+                                                        "filter them by split 'synthetic' or source 'synthetic:<model>'."):
+        try:
+            manifest = studio.with_generated_films(manifest, url)
+        except RuntimeError as exc:  # IndexConnectionError: the message says what is wrong
+            st.warning(str(exc))
     filtered = filters(manifest)
     counts = st.columns(4)
     counts[0].metric("Images", f"{len(filtered):,}")

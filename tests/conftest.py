@@ -185,3 +185,57 @@ def tiny_families_root(tmp_path_factory, tiny_weights_root) -> Path:
         write_tiny_family(root / family, family)
     return root
 
+
+
+# ------------------------------------------------------------------ PostgreSQL (the shared index of a lab)
+POSTGRES_URL_ENV = "CXR_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The URL of the test PostgreSQL server `.ci/run` starts (scripts/test_postgres.sh).
+
+    In CI (env CI set) a missing or unreachable server fails the test: the index must be proven
+    against a real server there. Elsewhere the PostgreSQL variants are skipped, saying how to run them.
+    """
+    import sqlalchemy as sa
+
+    url = os.environ.get(POSTGRES_URL_ENV, "").strip()
+    how = f"start one with `export {POSTGRES_URL_ENV}=$(bash scripts/test_postgres.sh start /tmp/cxr-postgres)`"
+    problem = None if url else f"{POSTGRES_URL_ENV} is not set; {how}"
+    if url:
+        try:
+            engine = sa.create_engine(url)
+            with engine.connect() as connection:
+                connection.execute(sa.text("select 1"))
+            engine.dispose()
+        except Exception as exc:  # noqa: BLE001  (any failure to reach it is the same answer)
+            problem = f"cannot reach the test PostgreSQL server at {POSTGRES_URL_ENV}={url}: {str(exc).splitlines()[0]}; {how}"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the index tests against PostgreSQL: {problem}", pytrace=False)
+        pytest.skip(problem)
+    return url
+
+
+@pytest.fixture()
+def fresh_postgres_url(postgres_server_url):
+    """A new, empty database on the test server (dropped afterwards), so tests never see each other's tables."""
+    yield from _fresh_postgres_database(postgres_server_url)
+
+
+def _fresh_postgres_database(server_url: str):
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"cxr_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

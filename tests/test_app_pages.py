@@ -448,3 +448,26 @@ def test_enhance_slider_compares_any_two_presets(studio_env):
     table = at.dataframe[0].value
     assert list(table.index) == ["left: High Contrast", "right: High Contrast"]
     assert table.iloc[0].equals(table.iloc[1])
+
+
+def test_dataset_explorer_shows_registered_generated_films_marked_synthetic(studio_env, monkeypatch, tmp_path, tiny_pipeline_dir):
+    from tests.test_data_index import write_generated_manifest
+    from xray_generator.data.index import register_generated
+    from xray_generator.io import save_png_with_metadata
+
+    folder = write_generated_manifest(tmp_path / "synth", n=2)
+    for i in range(2):
+        save_png_with_metadata(np.full((64, 64), 0.3 + 0.2 * i, np.float32), folder / f"xray_{i:06d}.png", {"synthetic": True})
+    url = f"sqlite:///{tmp_path / 'lab_index.sqlite'}"
+    register_generated(url, folder)
+    monkeypatch.setenv("CXR_INDEX_URL", url)
+    at = open_app("dataset")
+    assert_clean(at)
+    real = int(at.metric[0].value.replace(",", ""))
+    at.checkbox(key="ds_generated").check().run()
+    assert_clean(at)
+    assert int(at.metric[0].value.replace(",", "")) == real + 2
+    at.multiselect(key="ds_splits").set_value(["synthetic"]).run()
+    assert_clean(at)
+    assert at.image[0].captions == ["SYNTHETIC · ldm"] * 2
+    assert any("SYNTHETIC" in str(image.captions) for image in at.image[1:])  # the case detail says it too

@@ -1,4 +1,4 @@
-"""The SQLite manifest index: same answers as the manifest, multi-label look-ups, atomic and fresh."""
+"""The manifest index, on SQLite and on a PostgreSQL server: same answers as the manifest, multi-label look-ups, atomic and fresh."""
 from __future__ import annotations
 
 import os
@@ -27,11 +27,21 @@ def sample():
     return load_manifest(SAMPLE_DIR)
 
 
-@pytest.fixture(scope="module")
-def index(sample, tmp_path_factory) -> ManifestIndex:
-    built = build_index(sample, tmp_path_factory.mktemp("index") / "sample.sqlite")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def index(request, sample, tmp_path_factory) -> ManifestIndex:
+    """The sample's index in an SQLite file and in a PostgreSQL database: every query test runs on both."""
+    if request.param == "sqlite":
+        built = build_index(sample, tmp_path_factory.mktemp("index") / "sample.sqlite")
+        yield built
+        built.close()
+        return
+    from tests.conftest import _fresh_postgres_database
+
+    database = _fresh_postgres_database(request.getfixturevalue("postgres_server_url"))
+    built = build_index(sample, next(database))
     yield built
     built.close()
+    database.close()  # drops the database
 
 
 @pytest.fixture()
@@ -184,3 +194,51 @@ def test_default_cache_follows_the_environment(manifest_copy, tmp_path, monkeypa
 def test_open_index_without_a_manifest(tmp_path):
     with pytest.raises(FileNotFoundError):
         open_index(tmp_path, cache_dir=tmp_path)
+
+
+# ---------------------------------------------------------------------------- PostgreSQL specifics and generated films
+def test_open_index_on_a_postgresql_server_builds_once_and_rebuilds_when_the_manifest_changes(manifest_copy, fresh_postgres_url):
+    with open_index(manifest_copy, url=fresh_postgres_url) as first:
+        built_at = first.meta()["built_at"]
+        assert first.count() == len(load_manifest(manifest_copy))
+    with open_index(manifest_copy, url=fresh_postgres_url) as again:
+        assert again.meta()["built_at"] == built_at  # fresh: not rebuilt
+    csv_path = manifest_copy / "metadata.csv"
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:-1]))
+    with open_index(manifest_copy, url=fresh_postgres_url) as rebuilt:
+        assert rebuilt.count() == len(lines) - 2
+
+
+def test_an_unreachable_server_is_a_clear_error(tmp_path):
+    url = f"postgresql+psycopg://nobody@/cxr?host={tmp_path}"  # no server listens on this socket folder
+    with pytest.raises(index_module.IndexConnectionError, match="cannot reach the index database .*Is the server running"):
+        index_module.check_index_url(url)
+    with pytest.raises(index_module.IndexConnectionError, match="is not a database URL"):
+        index_module.check_index_url("not a url")
+
+
+def write_generated_manifest(folder: Path, n: int = 3) -> Path:
+    from xray_generator.synthetic_dataset import MANIFEST_FIELDS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"file": f"xray_{i:06d}.png", "prompt": f"prompt {i}", "negative_prompt": "", "seed": i, "model": "ldm", "weights_sha256": "abc",
+             "sampler": "dpm++", "steps": 7, "guidance": 4.0, "guidance_fraction": 0.28, "height": 256, "width": 256, "precision": "fp32",
+             "batch_size": 1, "synthetic": True, "png_sha256": f"{i:064x}"} for i in range(n)]
+    pd.DataFrame(rows, columns=MANIFEST_FIELDS).to_csv(folder / "manifest.csv", index=False)
+    return folder
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_generated_films_register_once_and_survive_a_manifest_rebuild(backend, request, sample, tmp_path):
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}" if backend == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+    build_index(sample, url).close()
+    folder = write_generated_manifest(tmp_path / "synth")
+    assert index_module.register_generated(url, folder) == 3
+    assert index_module.register_generated(url, folder) == 3  # a rerun refreshes, never duplicates
+    build_index(sample, url).close()  # the manifest's tables are rebuilt; the generated films stay
+    films = index_module.generated_films(url)
+    assert len(films) == 3 and set(films["split"]) == {"synthetic"} and set(films["source"]) == {"synthetic:ldm"}
+    assert list(films.columns) == list(MANIFEST_COLUMNS)
+    assert films["file"].iloc[0] == str((folder / "xray_000000.png").resolve())
+    assert films["report"].iloc[2] == "prompt 2" and "synthetic" in films["license"].iloc[0]

@@ -7,6 +7,8 @@
     python -m xray_generator edit --image IN.png --prompt "right lower lobe pneumonia" --strength 0.5 --region right-lower -o OUT.png
     python -m xray_generator vocabulary          # findings the shipped model was trained on, with counts
     python -m xray_generator verify-weights
+    python -m xray_generator generate-dataset --prompts prompts.csv --per-prompt 4 --seed 0 --out synth/
+    accelerate launch --multi_gpu --num_processes 2 -m xray_generator generate-dataset --from-metadata test --out synth/   # 2 CPU processes without CUDA
 """
 from __future__ import annotations
 
@@ -255,6 +257,57 @@ def command_generate_family(args) -> int:
     return 0
 
 
+def command_generate_dataset(args) -> int:
+    """A synthetic data set: one PNG per (prompt, seed) job, sharded over the processes accelerate launched, plus manifest.csv."""
+    import torch
+    from accelerate import PartialState
+
+    from xray_generator import synthetic_dataset as sd
+    from xray_generator.distributed import LaunchError, check_launch, local_process_count
+    from xray_generator.models.text_encoder import TextEncoderError
+    from xray_generator.weights import WeightsError
+
+    try:
+        rows = sd.read_prompt_file(args.prompts) if args.prompts else sd.prompts_from_metadata(args.from_metadata, args.max_prompts, args.seed)
+        jobs = sd.build_jobs(rows, args.per_prompt, args.seed)
+    except sd.DatasetRequestError as exc:
+        raise CliError(str(exc)) from exc
+    if args.index_url:
+        from xray_generator.data.index import IndexConnectionError, check_index_url
+
+        try:  # a wrong URL or a server that is down fails now, not after hours of generation
+            check_index_url(args.index_url)
+        except IndexConnectionError as exc:
+            raise CliError(str(exc)) from exc
+    try:
+        check_launch()
+    except LaunchError as exc:
+        raise CliError(str(exc)) from exc
+    # The pipeline runs on the CPU (it places no tensor on a GPU yet): processes shard the work over the cores.
+    state = PartialState(cpu=True)
+    threads = args.threads or sd.threads_per_process(local_process_count())
+    torch.set_num_threads(threads)
+    try:
+        pipe = sd.load_text_to_image(args.model, args.weights, args.text_encoder)
+        settings = sd.resolve_settings(pipe, args.steps, args.guidance, args.guidance_fraction, args.sampler)
+        pipe.check_inputs("x", None, settings["num_inference_steps"], settings["guidance_scale"], 1, settings["height"],
+                          settings["width"], args.seed, guidance_fraction=settings["guidance_fraction"])
+        summary = sd.generate_dataset(pipe, jobs, args.out, settings, batch_size=args.batch_size or sd.DEFAULT_BATCH_SIZE, seed=args.seed,
+                                      process_index=state.process_index, num_processes=state.num_processes,
+                                      barrier=state.wait_for_everyone, progress=not args.quiet)
+    except (sd.DatasetRequestError, WeightsError, TextEncoderError, FileNotFoundError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if state.is_main_process:
+        if args.index_url:
+            from xray_generator.data.index import register_generated
+
+            count = register_generated(args.index_url, Path(args.out))
+            print(f"registered {count} generated films in the index")
+        print(f"{summary['images']} images in {args.out} ({summary['kept']} kept, {summary['rendered']} made here by process 0 of "
+              f"{state.num_processes}, {threads} threads each; {summary['wall_seconds']:.1f} s); manifest: {Path(args.out) / sd.MANIFEST_NAME}")
+    return 0
+
+
 def command_edit(args) -> int:
     """Edit a real radiograph under a prompt; writes OUT.png (with provenance) and OUT_diff.png."""
     from xray_generator.io import ImageLoadError, decode_upload, save_png_with_metadata
@@ -423,6 +476,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_realism_arguments(rea)
     rea.set_defaults(func=command_realism)
+    ds = sub.add_parser("generate-dataset", help="a synthetic data set: PNGs + manifest.csv, resumable, sharded under `accelerate launch`",
+                        description="Job j (prompts in file order, each repeated n times) gets seed SEED + j and file xray_<j>.png; "
+                                    "the output is byte-identical for any number of processes (see xray_generator/synthetic_dataset.py).")
+    source = ds.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", default=None, help="CSV with a 'prompt' column and optional 'negative_prompt' and 'n' (images of that prompt)")
+    source.add_argument("--from-metadata", default=None, metavar="SPLIT",
+                        help="one prompt per real film of this split of the dataset manifest (train, val, test), in its label mix")
+    ds.add_argument("--max-prompts", type=int, default=None, help="with --from-metadata: a seeded random subset of that many films")
+    ds.add_argument("--per-prompt", type=int, default=1, help="images per prompt where the CSV gives no n (default 1)")
+    ds.add_argument("--seed", type=int, default=0, help="seed of job 0; job j uses seed+j")
+    ds.add_argument("--out", required=True, help="output folder (PNGs, manifest.csv, run.json); rerun the same command to resume")
+    ds.add_argument("--steps", type=int, default=None, help="sampler steps (default from the model)")
+    ds.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default from the model)")
+    ds.add_argument("--guidance-fraction", type=float, default=None, help="share of the steps, noisiest first, that are guided")
+    ds.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None)
+    ds.add_argument("--batch-size", type=int, default=None,
+                    help="images per pipeline call (default 4, the fastest measured on a 2-core CPU); part of the settings, recorded per image")
+    ds.add_argument("--threads", type=int, default=None, help="torch threads per process (default: CXR_NUM_THREADS, else cores / processes on this machine)")
+    ds.add_argument("--model", default="ldm", help="text-to-image model family in weights/ (default ldm)")
+    ds.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
+    ds.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
+    ds.add_argument("--index-url", default=None,
+                    help="SQLAlchemy URL of the dataset index to register the generated films in (sqlite:///index.db, postgresql+psycopg://...)")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.set_defaults(func=command_generate_dataset)
     ver = sub.add_parser("verify-weights", help="check every family's weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
     return parser

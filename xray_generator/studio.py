@@ -758,6 +758,34 @@ def load_dataset(path: str | Path | None = None):
         return None, f"The dataset at {where} has a broken manifest: {exc}. Generation still works without it."
 
 
+INDEX_URL_ENV = "CXR_INDEX_URL"
+
+
+def index_url() -> str | None:
+    """The shared index database the lab registers generated films in (CXR_INDEX_URL), if any."""
+    return os.environ.get(INDEX_URL_ENV, "").strip() or None
+
+
+def with_generated_films(manifest, url: str):
+    """The real manifest plus the generated films registered at `url` (source synthetic:<model>, split synthetic).
+
+    Raises `IndexConnectionError` (from xray_generator.data.index) when the database cannot be reached.
+    """
+    from xray_generator.data.index import generated_films
+    from xray_generator.data.manifest import Manifest
+
+    generated = generated_films(url)
+    if generated.empty:
+        return manifest
+    return Manifest(pd.concat([manifest.table, generated], ignore_index=True), manifest.root)
+
+
+def is_synthetic_row(row) -> bool:
+    from xray_generator.data.index import SYNTHETIC_SPLIT
+
+    return str(row["split"]) == SYNTHETIC_SPLIT
+
+
 def source_licence_table(manifest) -> pd.DataFrame:
     """Images per (source, source_repo, licence): the 'about this data' table."""
     table = manifest.table
@@ -819,7 +847,7 @@ def filter_options(manifest) -> dict[str, list]:
         "label": list(manifest.label_counts().index),
         "source": sorted(table["source"].dropna().unique()),
         "view": sorted(table["view"].dropna().unique()),
-        "split": [s for s in ("train", "val", "test") if s in set(table["split"].dropna())],
+        "split": [s for s in ("train", "val", "test", "synthetic") if s in set(table["split"].dropna())],
         "sex": sorted(table["sex"].dropna().unique()),
         "age": (int(ages.min()), int(np.ceil(ages.max()))) if len(ages) else (0, 100),
     }

@@ -1,15 +1,18 @@
 """A database index over a manifest, for fast filtered look-ups in the explorer and the samplers.
 
 SQLite is the embedded default: one file in the cache folder (``outputs/cache/index/``), rebuilt
-when the manifest changes. Any SQLAlchemy URL can be given instead (e.g. PostgreSQL); the code only
-uses SQLAlchemy Core constructs, so it is dialect-neutral. The CSV manifest stays the source of
+when the manifest changes. Any SQLAlchemy URL can be given instead: a lab shares one PostgreSQL
+index (``postgresql+psycopg://...``; the tests run against a real server too). The code only uses
+SQLAlchemy Core constructs, so it is dialect-neutral; an unreachable server is an
+`IndexConnectionError` that says so. The CSV manifest stays the source of
 truth: the index is derived data and can always be deleted.
 
 Tables
 ------
 ``images``        one row per image, the manifest columns (``image_id`` is the primary key);
 ``image_labels``  one row per (image_id, label), because an image can carry several labels;
-``index_meta``    key/value facts about the build: manifest path, size, mtime, sha256, root folder.
+``index_meta``    key/value facts about the build: manifest path, size, mtime, sha256, root folder;
+``generated_images`` films registered by ``generate-dataset --index-url`` (never dropped by a rebuild).
 """
 from __future__ import annotations
 
@@ -175,7 +178,7 @@ def build_index(
     """
     meta = _build_meta(manifest, fingerprint)
     if isinstance(target, sa.URL) or (isinstance(target, str) and "://" in target):
-        engine = sa.create_engine(target)
+        engine = connect_engine(target)
         _write_index(engine, manifest, meta)
         return ManifestIndex(engine)
 
@@ -240,7 +243,7 @@ def open_index(
     target: str | Path | sa.URL = url if url is not None else default_index_path(csv_path, cache_dir)
 
     if not rebuild and (url is not None or Path(target).is_file()):
-        index = ManifestIndex(sa.create_engine(target if url is not None else _sqlite_url(Path(target))))
+        index = ManifestIndex(connect_engine(target) if url is not None else sa.create_engine(_sqlite_url(Path(target))))
         fresh, _ = _is_fresh(index, csv_path)
         if fresh:
             return index
@@ -386,3 +389,125 @@ class ManifestIndex:
         statement = sa.select(col).where(col.is_not(None)).distinct().order_by(col)
         with self._connect() as connection:
             return [v for v in connection.execute(statement).scalars() if v != ""]
+
+
+# ---------------------------------------------------------------------------- connections
+class IndexConnectionError(RuntimeError):
+    """The index database cannot be reached (no server, wrong URL, missing driver); the message says which and what to do."""
+
+
+def _shown_url(url: str | sa.URL) -> str:
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+def connect_engine(url: str | sa.URL) -> Engine:
+    """An engine for `url` that has answered one query; IndexConnectionError saying what is wrong otherwise.
+
+    SQLite (the embedded default) needs no server; a PostgreSQL URL such as
+    ``postgresql+psycopg://user@host/cxr`` or ``postgresql+psycopg://user@/cxr?host=/run/postgresql``
+    needs a running server and the psycopg driver (in requirements.txt).
+    """
+    try:
+        engine = sa.create_engine(url)
+    except sa.exc.ArgumentError as exc:
+        raise IndexConnectionError(f"{url!r} is not a database URL (e.g. sqlite:///index.sqlite or postgresql+psycopg://user@host/cxr): {exc}") from exc
+    except ModuleNotFoundError as exc:
+        raise IndexConnectionError(f"the database driver for {_shown_url(url)} is not installed ({exc.name}); "
+                                   "PostgreSQL needs psycopg: pip install -r requirements.txt") from exc
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("select 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc).splitlines()[0]
+        raise IndexConnectionError(f"cannot reach the index database at {_shown_url(url)}: {reason}. Is the server running and the URL right? "
+                                   "Without a server, use the embedded SQLite default (sqlite:///<file>).") from exc
+    return engine
+
+
+def check_index_url(url: str | sa.URL) -> None:
+    """IndexConnectionError unless `url` answers a query (called before a long job that ends by writing there)."""
+    connect_engine(url).dispose()
+
+
+# ---------------------------------------------------------------------------- generated films
+# Kept in their own MetaData: rebuilding the manifest's tables (drop_all) must never drop what was generated.
+generated_metadata = sa.MetaData()
+
+generated_images_table = sa.Table(
+    "generated_images",
+    generated_metadata,
+    sa.Column("image_id", sa.String(255), primary_key=True),  # "synthetic-" + the PNG's sha256: the same film registers once
+    sa.Column("file", sa.String(2048), nullable=False),  # absolute path of the PNG
+    sa.Column("dataset_dir", sa.String(2048), nullable=False, index=True),
+    sa.Column("model", sa.String(64), nullable=False, index=True),
+    sa.Column("weights_sha256", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("negative_prompt", sa.Text),
+    sa.Column("seed", sa.BigInteger, nullable=False),
+    sa.Column("sampler", sa.String(32)),
+    sa.Column("steps", sa.Integer),
+    sa.Column("guidance", sa.Float),
+    sa.Column("guidance_fraction", sa.Float),
+    sa.Column("width", sa.Integer),
+    sa.Column("png_sha256", sa.String(64), nullable=False),
+    sa.Column("registered_at", sa.String(32), nullable=False),
+)
+SYNTHETIC_SPLIT = "synthetic"
+SYNTHETIC_LICENCE = "synthetic (CXR Studio generate-dataset); research use only, not for clinical use"
+
+
+def register_generated(url: str | sa.URL, dataset_dir: str | Path) -> int:
+    """Add (or refresh) the rows of a generate-dataset folder's manifest.csv in the index at `url`; returns how many.
+
+    One transaction: a reader sees all of a folder's films or none.
+    """
+    import csv
+
+    folder = Path(dataset_dir).resolve()
+    with open(folder / "manifest.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    records = [{
+        "image_id": f"synthetic-{row['png_sha256']}", "file": str(folder / row["file"]), "dataset_dir": str(folder),
+        "model": row["model"], "weights_sha256": row["weights_sha256"], "prompt": row["prompt"], "negative_prompt": row["negative_prompt"],
+        "seed": int(row["seed"]), "sampler": row["sampler"], "steps": int(row["steps"]), "guidance": float(row["guidance"]),
+        "guidance_fraction": float(row["guidance_fraction"]), "width": int(row["width"]), "png_sha256": row["png_sha256"],
+        "registered_at": now,
+    } for row in rows]
+    engine = connect_engine(url)
+    try:
+        with engine.begin() as connection:
+            generated_metadata.create_all(connection)
+            ids = [record["image_id"] for record in records]
+            for start in range(0, len(ids), _INSERT_CHUNK):
+                connection.execute(generated_images_table.delete().where(generated_images_table.c.image_id.in_(ids[start:start + _INSERT_CHUNK])))
+            for start in range(0, len(records), _INSERT_CHUNK):
+                connection.execute(generated_images_table.insert(), records[start:start + _INSERT_CHUNK])
+    finally:
+        engine.dispose()
+    return len(records)
+
+
+def generated_films(url: str | sa.URL) -> pd.DataFrame:
+    """The registered generated films as manifest rows (absolute `file`), so they filter beside real ones.
+
+    source is ``synthetic:<model>``, split ``synthetic``, the prompt is the note (report_kind
+    ``generation prompt``) and labels are empty: a prompt asks for a finding, it does not prove one.
+    """
+    engine = connect_engine(url)
+    try:
+        with engine.connect() as connection:
+            if not sa.inspect(connection).has_table(generated_images_table.name):
+                rows = []
+            else:
+                rows = connection.execute(sa.select(generated_images_table).order_by(generated_images_table.c.image_id)).mappings().all()
+    finally:
+        engine.dispose()
+    table = pd.DataFrame([{
+        "image_id": row["image_id"], "file": row["file"], "source": f"synthetic:{row['model']}",
+        "source_repo": f"weights {row['weights_sha256']}, seed {row['seed']}, {row['sampler']} {row['steps']} steps, guidance {row['guidance']:g}",
+        "patient_id": "synthetic", "view": None, "sex": None, "age": None, "labels": None, "report": row["prompt"],
+        "license": SYNTHETIC_LICENCE, "split": SYNTHETIC_SPLIT, "report_kind": "generation prompt", "native_px": row["width"],
+    } for row in rows], columns=list(MANIFEST_COLUMNS))
+    return table.astype(MANIFEST_COLUMNS)

@@ -210,14 +210,15 @@ def generate_cached(pipe, prompts: Sequence[str], seeds: Sequence[int], folder: 
     Each image's initial noise comes from its own seed, so an image does not depend on which
     others share its batch (up to bf16 rounding of batched matrix products).
     """
+    from xray_generator.pipelines.latent_diffusion import seeded_latents
+
     folder.mkdir(parents=True, exist_ok=True)
     images: list[np.ndarray | None] = [read_cached_image(folder / f"{seed:06d}.png", {"prompt": prompt}) for prompt, seed in zip(prompts, seeds)]
     todo = [i for i, image in enumerate(images) if image is None]
-    shape = (1, pipe.unet.config.in_channels, IMAGE_SIZE // 8, IMAGE_SIZE // 8)
     with tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=desc, mininterval=10, file=sys.stderr) as bar:
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start:start + settings.batch_size]
-            latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seeds[i])) for i in batch])
+            latents = seeded_latents(pipe, [seeds[i] for i in batch], IMAGE_SIZE, IMAGE_SIZE)
             result = pipe([prompts[i] for i in batch], latents=latents, seed=seeds[batch[0]], **sampler_arguments(pipe, settings))
             for i, image, metadata in zip(batch, result.images, result.metadata):
                 metadata = {**metadata, "seed": seeds[i], "index_in_batch": 0, "evaluation_batch": len(batch)}

@@ -14,7 +14,7 @@ import shutil
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -101,6 +101,12 @@ def check_prompt_text(text: str, what: str = "prompt") -> None:
                 f"{what} contains {kind} (U+{ord(char):04X}) at position {position + 1}; "
                 "remove it (only printable text, tabs and line breaks are accepted)"
             )
+
+
+def seeded_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
+    """Initial noise of a batch, each image's drawn from its own seed, so an image's noise never depends on its batch-mates."""
+    shape = (1, pipe.unet.config.in_channels, height // 8, width // 8)
+    return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed))) for seed in seeds])
 
 
 class GenerationCancelled(RuntimeError):

@@ -222,3 +222,56 @@ def add_train_command(subparsers, help: str, run_help: str = "run folder for che
     train.add_argument("--max-minutes", type=float, default=None, help="stop (after a checkpoint) when this much time has passed")
     train.add_argument("--data-dir", default=None, help="folder with metadata.csv (default: the full set, else the sample)")
     return train
+
+
+# ---------------------------------------------------------------------------- several processes (accelerate, DDP)
+# A trainer draws the GLOBAL batch (batch_size x processes) from generators seeded the same on every
+# process and each process trains on its slice, so N processes with batch B take the steps one process
+# takes with batch N x B (DDP averages the gradients of the slices), up to floating-point order and
+# BatchNorm, whose statistics stay per process (SyncBatchNorm needs GPUs).
+def process_slice(accelerator, per_process: int) -> slice:
+    """This process's part of a global batch of `per_process` x `num_processes` samples."""
+    start = accelerator.process_index * per_process
+    return slice(start, start + per_process)
+
+
+def agreed(accelerator, flag: bool) -> bool:
+    """The main process's `flag` on every process: a time budget read from each process's clock could split them, and a
+    process that leaves the loop early would leave the others waiting forever in their next gradient all-reduce."""
+    if accelerator.num_processes == 1:
+        return flag
+    from accelerate.utils import broadcast
+
+    return bool(broadcast(torch.tensor([int(flag)], device=accelerator.device), from_process=0).item())
+
+
+def parameters_digest(modules: dict[str, torch.nn.Module]) -> str:
+    """sha256 of every parameter of `modules`, in name order.
+
+    Buffers are left out: DDP copies the main process's buffers (BatchNorm running statistics) to the
+    others at the start of each forward pass, so after the last step each process holds its own.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for prefix, module in sorted(modules.items()):
+        for name, tensor in sorted(module.named_parameters()):
+            digest.update(f"{prefix}.{name}".encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_ranks_agree(accelerator, modules: dict[str, torch.nn.Module], run_dir: str | Path) -> list[str]:
+    """Every process's weights digest; the main process writes them to `ranks.json` and raises if DDP let them drift apart."""
+    digest = parameters_digest(modules)
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        digests = gather_object([digest])
+    else:
+        digests = [digest]
+    if accelerator.is_main_process:
+        atomic_write_text(Path(run_dir) / "ranks.json", json.dumps({"processes": accelerator.num_processes, "weights_sha256_by_rank": digests}, indent=2) + "\n")
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"the processes' weights differ after training ({digests}); the run is not data-parallel as it should be")
+    return digests

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from xray_generator.data.datasets import augment_batch, load_images_uint8
 from xray_generator.data.manifest import load_manifest
+from xray_generator.distributed import check_launch
 from xray_generator.evaluation.fidelity import bootstrap_ci
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.models.classifier import (
@@ -45,7 +46,9 @@ from xray_generator.models.classifier import (
 )
 from xray_generator.paths import cache_dir as default_cache_dir
 from xray_generator.precision import note_training_precision, training_mixed_precision
-from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
+from xray_generator.training.checkpointing import (
+    EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command, agreed, check_ranks_agree, process_slice,
+)
 from xray_generator.weights import replace_folder_atomically, write_manifest
 
 METRICS_NAME = "test_metrics.json"
@@ -83,6 +86,7 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
     train_cfg, data_cfg, model_cfg = config["train"], config["data"], config["model"]
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
     torch.manual_seed(train_cfg.get("seed", 0))
+    check_launch()
     accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -98,10 +102,12 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         # Fixed from the train split and saved with the config, so validation, a resumed run and
         # the exported model's evaluation mask the same targets.
         model_cfg["annotated_sources"] = annotating_sources(splits["train"], model_cfg["labels"])
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    if accelerator.is_main_process:
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
     size, mean, std = model_cfg["input_size"], float(model_cfg["mean"]), float(model_cfg["std"])
     cache_root = Path(config.get("cache_dir") or default_cache_dir() / "classifier")
-    images = {name: cached_split_images(part, size, cache_root) for name, part in splits.items()}
+    with accelerator.main_process_first():  # the main process fills the cache; the others then read it
+        images = {name: cached_split_images(part, size, cache_root) for name, part in splits.items()}
     model = build_classifier(config)
     labels = model.labels
     targets, known = {}, {}
@@ -125,12 +131,19 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         model.load_state_dict(modules["model"])
         ema.load_state_dict(modules["ema"])
         best = modules["best"]
-        log.truncate_after(state["step"])
+        if accelerator.is_main_process:
+            log.truncate_after(state["step"])
         print(f"resumed from {latest.name}: step {state['step']}, {state['samples_seen']} samples", flush=True)
     model = model.to(memory_format=torch.channels_last)
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        # BatchNorm over the global batch, as one process would compute it (SyncBatchNorm works on GPUs only;
+        # on CPU processes each normalises its own slice, so the per-process batch should not be tiny).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model, opt = accelerator.prepare(model, opt)
-    # Seeded by the step, so a resumed run draws fresh batches rather than replaying the first ones.
+    # Seeded by the step, so a resumed run draws fresh batches rather than replaying the first ones; the same on
+    # every process, which draws (and augments) the global batch and trains on its slice.
     rng = np.random.default_rng((train_cfg.get("seed", 0), state["step"]))
+    mine = process_slice(accelerator, train_cfg["batch_size"])
     val_limit = train_cfg.get("val_images") or len(images["val"])
     val_images, val_targets, val_known = images["val"][:val_limit], targets["val"][:val_limit].numpy(), known["val"][:val_limit].numpy().astype(bool)
 
@@ -152,12 +165,12 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
     max_steps = train_cfg["max_steps"]
     schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     n_train = len(images["train"])
-    bar = tqdm(total=max_steps, initial=state["step"], desc="classifier", dynamic_ncols=True, mininterval=10)
+    bar = tqdm(total=max_steps, initial=state["step"], desc="classifier", dynamic_ncols=True, mininterval=10, disable=not accelerator.is_main_process)
     while state["step"] < max_steps:
         step = state["step"]
-        rows = torch.from_numpy(rng.integers(0, n_train, train_cfg["batch_size"]))
+        rows = torch.from_numpy(rng.integers(0, n_train, train_cfg["batch_size"] * accelerator.num_processes))
         x = augment_batch(images["train"][rows, None].float() / 255.0, rng, config.get("augment", {}))
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        x, rows = ((x[mine] - mean) / std).contiguous(memory_format=torch.channels_last), rows[mine]
         lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
         # Cosine decay to `final_lr_fraction`: the last steps of a fixed-length run settle.
         floor = train_cfg.get("final_lr_fraction", 0.05)
@@ -173,13 +186,13 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         opt.step()
         ema.update(accelerator.unwrap_model(model), step)
         state["step"] += 1
-        state["samples_seen"] += len(rows)
+        state["samples_seen"] += len(rows) * accelerator.num_processes
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
         val = None
-        out_of_time = schedule.out_of_time()
-        if schedule.due(finished=state["step"] >= max_steps):
+        out_of_time = agreed(accelerator, schedule.out_of_time())
+        if schedule.due(finished=state["step"] >= max_steps) and accelerator.is_main_process:
             val = validate()
             if val["auroc_mean"] is not None and (state["best_val_auroc_mean"] is None or val["auroc_mean"] > state["best_val_auroc_mean"]):
                 best = {k: v.clone() for k, v in ema.state_dict().items()}
@@ -196,7 +209,7 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
             schedule.saved()
             shown = ", ".join(f"{l} {v:.3f}" for l, v in val["auroc"].items() if v is not None)
             print(f"\nstep {state['step']}: val loss {val['loss']:.4f}, AUROC ({shown}) (EMA, n={len(val_images)})", flush=True)
-        if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
+        if accelerator.is_main_process and (state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None):
             row = {
                 "step": state["step"], "samples_seen": state["samples_seen"],
                 "wall_seconds": round(schedule.wall_seconds(), 1), "loss": loss.item(), "lr": lr,
@@ -207,6 +220,8 @@ def train_classifier(config: dict, run_dir: str | Path, resume: bool = False, ma
         if out_of_time:
             break
     bar.close()
+    check_ranks_agree(accelerator, {"model": accelerator.unwrap_model(model)}, run_dir)
+    accelerator.wait_for_everyone()  # the main process's last checkpoint is complete when any process returns
     return state
 
 

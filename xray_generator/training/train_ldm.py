@@ -25,6 +25,7 @@ from tqdm import tqdm
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest
 from xray_generator.data.prompts import prompt_variants
+from xray_generator.distributed import check_launch
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
 from xray_generator.models.autoencoder import load_autoencoder
@@ -32,7 +33,7 @@ from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
-from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog
+from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, agreed, check_ranks_agree, process_slice
 from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
@@ -119,11 +120,14 @@ def latent_statistics(latents: dict[str, torch.Tensor]) -> tuple[float, float]:
 def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minutes: float | None = None, data_dir: str | Path | None = None) -> dict:
     train_cfg, data_cfg = config["train"], config["data"]
     torch.set_num_threads(train_cfg.get("num_threads", torch.get_num_threads()))
+    check_launch()
     accelerator = Accelerator(mixed_precision=training_mixed_precision(train_cfg.get("mixed_precision", "bf16")), cpu=not torch.cuda.is_available())
-    torch.manual_seed(train_cfg.get("seed", 0) + accelerator.process_index)
+    # The same seed on every process: each draws the same global batch and trains on its slice (process_slice).
+    torch.manual_seed(train_cfg.get("seed", 0))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
+    if accelerator.is_main_process:
+        atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2))
 
     manifest = load_manifest(data_dir)
     train_manifest = manifest.query(split="train")
@@ -132,17 +136,19 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         train_manifest.table = train_manifest.table.iloc[: data_cfg["max_images"]]
         val_manifest.table = val_manifest.table.iloc[: data_cfg["max_images"]]
     # What the model learns from, per finding: exported beside the weights (the honest vocabulary).
-    write_training_vocabulary(run_dir, training_vocabulary(train_manifest.table, f"The train split of {manifest.root}."))
+    if accelerator.is_main_process:
+        write_training_vocabulary(run_dir, training_vocabulary(train_manifest.table, f"The train split of {manifest.root}."))
 
     autoencoder_dir = Path(config["autoencoder"])
     autoencoder = load_autoencoder(autoencoder_dir)
     vae_digest = sha256_file(autoencoder_dir / "diffusion_pytorch_model.safetensors")[:12]
     cache_dir = Path(config.get("cache_dir", "outputs/cache/ldm")) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
-    train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
-    val_latents = cache_latents(autoencoder, val_manifest, cache_dir / "val_latents.safetensors")
     encoder = FrozenTextEncoder(config["text_encoder"], max_length=config.get("text_max_length", 64))
-    text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
-    val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
+    with accelerator.main_process_first():  # the main process fills the caches; the others then read them
+        train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
+        val_latents = cache_latents(autoencoder, val_manifest, cache_dir / "val_latents.safetensors")
+        text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
+        val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
     shift, scale = latent_statistics(train_latents)
     shipped = None
     if config.get("init_from"):
@@ -175,7 +181,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         projection.load_state_dict(modules["text_projection"])
         ema_unet.load_state_dict(modules["ema_unet"])
         ema_projection.load_state_dict(modules["ema_text_projection"])
-        log.truncate_after(state["step"])
+        if accelerator.is_main_process:
+            log.truncate_after(state["step"])
         print(f"resumed from {latest.name}: step {state['step']}, {state['samples_seen']} samples", flush=True)
     unet.to(memory_format=torch.channels_last)
     unet, projection, opt = accelerator.prepare(unet, projection, opt)
@@ -184,7 +191,10 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     alphas_cumprod = noise_scheduler.alphas_cumprod
     buckets = sorted(int(k.split("_")[1]) for k in train_latents if k.startswith("mean_"))
     bucket_sizes = np.array([len(train_latents[f"rows_{b}"]) for b in buckets], dtype=np.float64)
-    rng = np.random.default_rng(train_cfg.get("seed", 0) + 1000 * accelerator.process_index + state["step"])
+    rng = np.random.default_rng(train_cfg.get("seed", 0) + state["step"])  # the same on every process (global batch)
+    mine = process_slice(accelerator, train_cfg["batch_size"])
+    # An explicit generator, so what the caches or model building drew on one process cannot shift another's noise.
+    noise_generator = torch.Generator().manual_seed(train_cfg.get("seed", 0) + state["step"])
     states_table, masks_table = text["states"], text["masks"].bool()
     empty_index = int(text["empty_index"][0])
 
@@ -246,21 +256,21 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     while state["step"] < max_steps:
         step = state["step"]
         bucket = buckets[rng.choice(len(buckets), p=bucket_sizes / bucket_sizes.sum())]
-        rows = rng.integers(0, len(train_latents[f"rows_{bucket}"]), train_cfg["batch_size"])
+        rows = rng.integers(0, len(train_latents[f"rows_{bucket}"]), train_cfg["batch_size"] * accelerator.num_processes)
         mean = train_latents[f"mean_{bucket}"][rows].float()
         std = train_latents[f"std_{bucket}"][rows].float()
-        z = ((mean + std * torch.randn_like(mean)) - shift) * scale
+        z = ((mean + std * torch.randn(mean.shape, generator=noise_generator)) - shift) * scale
         image_rows = train_latents[f"rows_{bucket}"][rows]
         variant = torch.from_numpy(rng.integers(0, text["variant_index"].shape[1], len(rows)))
         prompts = text["variant_index"][image_rows, variant]
         drop = torch.from_numpy(rng.random(len(rows)) < data_cfg["prompt_dropout"])
         prompts = torch.where(drop, torch.full_like(prompts, empty_index), prompts)
-        noise = torch.randn_like(z)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(rows),))
+        noise = torch.randn(z.shape, generator=noise_generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(rows),), generator=noise_generator)
         lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
         for group in opt.param_groups:
             group["lr"] = lr
-        loss = loss_for(unet, projection, z.to(device), noise.to(device), t, prompts)
+        loss = loss_for(unet, projection, z[mine].to(device), noise[mine].to(device), t[mine], prompts[mine])
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
@@ -268,11 +278,11 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         ema_unet.update(accelerator.unwrap_model(unet), step)
         ema_projection.update(accelerator.unwrap_model(projection), step)
         state["step"] += 1
-        state["samples_seen"] += len(rows) * accelerator.num_processes
+        state["samples_seen"] += len(rows)  # the global batch
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
-        out_of_time = schedule.out_of_time()
+        out_of_time = agreed(accelerator, schedule.out_of_time())
         val = None
         if schedule.due(finished=state["step"] >= max_steps) and accelerator.is_main_process:
             val = validation_loss()
@@ -302,6 +312,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         if out_of_time:
             break
     bar.close()
+    check_ranks_agree(accelerator, {"unet": accelerator.unwrap_model(unet), "text_projection": accelerator.unwrap_model(projection)}, run_dir)
+    accelerator.wait_for_everyone()  # the main process's last checkpoint is complete when any process returns
     return state
 
 
