@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Passive OpenMP workers: when another job (a training run) holds a core, spinning workers make
 # every torch call many times slower instead of just sharing the CPU.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The suite inspects the PyTorch modules (forward hooks, patched layers) of tiny random models, so it
+# runs the torch backend unless a test names another; tests/test_runtime.py covers the runtimes.
+os.environ.setdefault("CXR_BACKEND", "torch")
 import torch  # noqa: E402  (after the OpenMP setting, which is read at import)
 
 REPO = Path(__file__).resolve().parent.parent

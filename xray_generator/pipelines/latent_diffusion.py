@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import shutil
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from PIL import Image
 
 from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
+from xray_generator.pipelines.runtime import RuntimeModels, check_backend, default_backend, load_runtime
 from xray_generator.precision import cpu_precision
 from xray_generator.weights import WeightsError, replace_folder_atomically, verify_manifest, weights_hash, write_manifest
 
@@ -41,8 +43,10 @@ SAMPLERS: dict[str, tuple[type, dict]] = {
     "ddim": (DDIMScheduler, {"set_alpha_to_one": True}),
     "unipc": (UniPCMultistepScheduler, {"solver_order": 2}),
 }
-# The defaults a user gets; the shipped pipeline.json can override them.
-DEFAULT_GENERATION = {"sampler": "dpm++", "num_inference_steps": 14, "guidance_scale": 4.0, "guidance_fraction": 1.0, "height": 256, "width": 256}
+# The defaults a user gets; the shipped pipeline.json can override them. A backend of None is this
+# CPU's fastest (`runtime.default_backend`).
+DEFAULT_GENERATION = {"sampler": "dpm++", "num_inference_steps": 14, "guidance_scale": 4.0, "guidance_fraction": 1.0, "height": 256, "width": 256,
+                      "backend": None}
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_IMAGES_PER_CALL = 64
@@ -149,6 +153,9 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         self.weights_hash = "untrained"
         # bf16 where the CPU runs it natively; fp32 elsewhere, where emulated bf16 is many times slower.
         self.precision = cpu_precision("bf16")
+        # Exported runtimes, loaded on first use of a backend: (backend, latent size) -> RuntimeModels.
+        self._runtimes: dict[tuple[str, tuple[int, int]], RuntimeModels] = {}
+        self._runtimes_lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -164,7 +171,9 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         if unknown:
             raise ValueError(f"unknown generation settings {sorted(unknown)}; known: {sorted(DEFAULT_GENERATION)}")
         defaults = {**DEFAULT_GENERATION, **self.generation_defaults}
-        return {key: default if given.get(key) is None else given[key] for key, default in defaults.items()}
+        settings = {key: default if given.get(key) is None else given[key] for key, default in defaults.items()}
+        settings["backend"] = check_backend(settings["backend"] or default_backend())
+        return settings
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, save_directory: str | Path, **_: Any) -> None:
@@ -254,6 +263,34 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         enabled = self.precision == "bf16" and self.unet.device.type == "cpu"
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
+    def runtime_models(self, backend: str, height: int = 256, width: int = 256) -> RuntimeModels:
+        """The UNet and decoder that `backend` runs, for images of `height` x `width`.
+
+        "torch" is the pipeline's own modules. "onnxruntime" and "openvino" run an ONNX export of
+        them, made on the first call for these weights (tens of seconds; or beforehand with
+        ``python -m xray_generator export-runtime``) and cached by the weights' sha256; later calls
+        and later processes read the cache (`runtime.load_runtime`).
+        """
+        check_backend(backend)
+        if backend == "torch":
+            return RuntimeModels(backend="torch", precision=self.precision, unet=self._torch_unet, decode=self._torch_decode)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        key = (backend, (height // factor, width // factor))
+        with self._runtimes_lock:
+            if key not in self._runtimes:
+                self._runtimes[key] = load_runtime(
+                    backend, self.unet, self.vae, self.text_encoder.max_length, self.unet.config.cross_attention_dim, key[1], self.precision)
+            return self._runtimes[key]
+
+    def _torch_unet(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.unet(sample.to(self.unet.dtype), timestep, encoder_hidden_states=states.to(self.unet.dtype),
+                             encoder_attention_mask=mask).sample.float()
+
+    def _torch_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        with self._autocast():
+            return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         states, mask = self.text_encoder.encode(prompts)
         with self._autocast():
@@ -274,12 +311,12 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             self._empty_prompt_cache = embedding
         return embedding
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images (N, 1, H, W) in [0, 1]."""
+    def decode_latents(self, latents: torch.Tensor, backend: str = "torch") -> torch.Tensor:
+        """Scaled latents -> images (N, 1, H, W) in [0, 1], decoded by `backend`'s decoder."""
         config = self.vae.config
-        latents = latents / config.scaling_factor + (config.shift_factor or 0.0)
-        with self._autocast():
-            decoded = self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+        factor = 2 ** (len(config.block_out_channels) - 1)
+        runtime = self.runtime_models(backend, latents.shape[-2] * factor, latents.shape[-1] * factor)
+        decoded = runtime.decode(latents / config.scaling_factor + (config.shift_factor or 0.0))
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_images(self, images: torch.Tensor, sample_generator: torch.Generator | None = None) -> torch.Tensor:
@@ -309,6 +346,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         self, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
         guidance_scale: float, callback_on_step_end: Callable | None = None,
         after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None, guided_steps: int | None = None,
+        backend: str = "torch",
     ) -> torch.Tensor:
         """The sampling loop over `timesteps`, with classifier-free guidance when `guidance_scale` > 1.
 
@@ -316,18 +354,18 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         conditional branch alone, one UNet pass instead of two. None guides every step.
         `after_step(index, latents)` may replace the latents after each step (masked editing
         re-imposes the source outside the mask); then `callback_on_step_end` sees them.
+        `backend` names the UNet's runtime (`runtime_models`).
         """
         n = latents.shape[0]
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        unet = self.runtime_models(backend, latents.shape[-2] * factor, latents.shape[-1] * factor).unet
         for index, t in enumerate(timesteps):
             use_guidance = guidance_scale > 1.0 and (guided_steps is None or index < guided_steps)
             # Guided text states are (uncond, cond) stacked; an unguided step takes the cond half.
             states, mask = (text_states, text_mask) if use_guidance or text_states.shape[0] == n else (text_states[n:], text_mask[n:])
             model_input = torch.cat([latents] * 2) if use_guidance else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            with self._autocast():
-                prediction = self.unet(
-                    model_input.to(self.unet.dtype), t, encoder_hidden_states=states.to(self.unet.dtype), encoder_attention_mask=mask
-                ).sample.float()
+            prediction = unet(model_input, t, states, mask)
             if use_guidance:
                 uncond_pred, cond_pred = prediction.chunk(2)
                 prediction = uncond_pred + guidance_scale * (cond_pred - uncond_pred)
@@ -408,6 +446,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         width: int | None = None,
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable[["XRayDiffusionPipeline", int, int, dict], dict | None] | None = None,
+        backend: str | None = None,
     ) -> XRayPipelineOutput:
         """Generate radiographs from text.
 
@@ -441,15 +480,20 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end : callable, optional
             Called as `callback(pipe, step_index, timestep, {"latents": ...})` after each step. Return
             {"interrupt": True} to cancel (raises GenerationCancelled).
+        backend : {"torch", "onnxruntime", "openvino"}, default this CPU's fastest (`runtime.default_backend`)
+            What runs the UNet and the decoder. The runtimes run an ONNX export of these weights,
+            made and cached on their first use (`runtime_models`). Within one backend the same seed
+            gives the same image; between backends pixels differ by float rounding (README, Speed).
+            The backend used is recorded in each image's metadata.
 
         Returns
         -------
         XRayPipelineOutput with float32 (H, W) images in [0, 1], PIL images and per-image provenance.
         """
         settings = self.resolve_settings(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                         guidance_fraction=guidance_fraction, height=height, width=width)
-        sampler, num_inference_steps, guidance_scale, guidance_fraction, height, width = (
-            settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "guidance_fraction", "height", "width")
+                                         guidance_fraction=guidance_fraction, height=height, width=width, backend=backend)
+        sampler, num_inference_steps, guidance_scale, guidance_fraction, height, width, backend = (
+            settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "guidance_fraction", "height", "width", "backend")
         )
         # NumPy scalars (a seed from np.random, steps from a config array) count as the plain numbers they hold.
         num_inference_steps, guidance_scale, guidance_fraction, num_images_per_prompt, height, width, seed = (
@@ -493,10 +537,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         # Rounded before ceil: 0.07 x 100 is 7.000000000000001 in floating point, which must guide 7 steps, not 8.
         guided_steps = math.ceil(round(guidance_fraction * num_inference_steps, 9))
         latents = self.denoise(scheduler, latents, scheduler.timesteps, text_states, text_mask, guidance_scale, callback_on_step_end,
-                               guided_steps=guided_steps)
+                               guided_steps=guided_steps, backend=backend)
 
         # 4. Decode.
-        images = self.decode_latents(latents)[:, 0].numpy()
+        images = self.decode_latents(latents, backend)[:, 0].numpy()
+        runtime = self.runtime_models(backend, height, width)
         arrays = [np.ascontiguousarray(img, dtype=np.float32) for img in images]
         pils = [Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L") for a in arrays]
         metadata = [
@@ -513,7 +558,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
                 "index_in_batch": i,
                 "height": height,
                 "width": width,
-                "precision": self.precision,
+                "precision": runtime.precision,
+                "backend": backend,
                 "synthetic": True,
             }
             for i in range(len(batch_prompts))
@@ -535,6 +581,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         mask: np.ndarray | str | None = None,
         source_id: str | None = None,
         callback_on_step_end: Callable[["XRayDiffusionPipeline", int, int, dict], dict | None] | None = None,
+        backend: str | None = None,
     ):
         """Edit a real radiograph under a text prompt (SDEdit), optionally only inside a mask.
 
@@ -575,6 +622,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             Identifier of the source (dataset image id or file name), recorded in the metadata.
         callback_on_step_end : callable, optional
             As in `__call__`; return {"interrupt": True} to cancel (raises GenerationCancelled).
+        backend : as in `__call__`
+            Runs the UNet and the decoder; the source is encoded by the PyTorch encoder.
 
         Returns
         -------
@@ -587,8 +636,9 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         """
         from xray_generator.pipelines import editing
 
-        settings = self.resolve_settings(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
-        sampler, num_inference_steps, guidance_scale, size = (settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "height"))
+        settings = self.resolve_settings(sampler=sampler, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, backend=backend)
+        sampler, num_inference_steps, guidance_scale, size, backend = (
+            settings[key] for key in ("sampler", "num_inference_steps", "guidance_scale", "height", "backend"))
         num_inference_steps, guidance_scale, seed = (_plain_number(v) for v in (num_inference_steps, guidance_scale, seed))
         if not isinstance(prompt, str):
             raise ValueError("prompt must be a string: one edit at a time")
@@ -630,10 +680,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
                     target = scheduler.add_noise(source_latents, noise, timesteps[index + 1:index + 2])
                 return keep * current + (1.0 - keep) * target
 
-        latents = self.denoise(scheduler, latents, timesteps, text_states, text_mask, guidance_scale, callback_on_step_end, after_step)
+        latents = self.denoise(scheduler, latents, timesteps, text_states, text_mask, guidance_scale, callback_on_step_end, after_step,
+                               backend=backend)
 
         # 4. Decode, and put the source pixels back outside the mask.
-        decoded = np.ascontiguousarray(self.decode_latents(latents)[0, 0].numpy(), dtype=np.float32)
+        decoded = np.ascontiguousarray(self.decode_latents(latents, backend)[0, 0].numpy(), dtype=np.float32)
         edited = editing.composite(decoded, source, mask_array)
         metadata = {
             "model": self.model_name,
@@ -654,7 +705,8 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             "seed": seed,
             "height": size,
             "width": size,
-            "precision": self.precision,
+            "precision": self.runtime_models(backend, size, size).precision,
+            "backend": backend,
             "synthetic": True,
         }
         return editing.build_result(source, edited, mask_array, metadata, notices)
