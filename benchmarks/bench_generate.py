@@ -7,11 +7,17 @@ Prints median latency, steps/s, model load time and peak RSS for:
   - edit: one text-guided edit of a real radiograph at the default strength (0.5) and settings
 and the ratio of their medians.
 
-    python benchmarks/bench_generate.py [--weights weights/ldm] [--repeats 7]
+With --backends, the default settings are also timed on each backend (torch, onnxruntime,
+openvino), interleaved call by call so every backend sees the same load on a shared machine, and
+--parity N compares N prompt/seed pairs on each backend with PyTorch (8-bit pixels: max and mean
+absolute difference).
+
+    python benchmarks/bench_generate.py [--weights weights/ldm] [--repeats 7] [--backends torch onnxruntime] [--parity 50]
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -21,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from xray_generator.io import atomic_write_text, read_gray  # noqa: E402
@@ -46,6 +53,37 @@ def time_calls(pipe, repeats: int, **kwargs) -> list[float]:
     return times
 
 
+def time_backends(pipe, backends: list[str], repeats: int) -> dict[str, list[float]]:
+    """Default-settings calls on each backend, round robin (call i of every backend uses seed i)."""
+    for backend in backends:
+        pipe(PROMPT, seed=0, backend=backend)  # warm-up, and the one-off export/compile of a runtime
+    times: dict[str, list[float]] = {backend: [] for backend in backends}
+    for i in range(repeats):
+        for backend in backends:
+            start = time.perf_counter()
+            pipe(PROMPT, seed=i, backend=backend)
+            times[backend].append(time.perf_counter() - start)
+    return times
+
+
+def pixel_parity(pipe, backends: list[str], n: int) -> dict[str, dict]:
+    """Max and mean |difference| of 8-bit pixels between each backend and torch over n prompt/seed pairs."""
+    from xray_generator.evaluation.samples import DIVERSITY_PROMPTS
+
+    prompts = itertools.cycle(prompt for _, prompt in DIVERSITY_PROMPTS)
+    pairs = [(next(prompts), seed) for seed in range(n)]
+    stats: dict[str, dict] = {backend: {"max": 0, "means": []} for backend in backends if backend != "torch"}
+    for prompt, seed in pairs:
+        reference = np.asarray(pipe(prompt, seed=seed, backend="torch").pil_images[0], dtype=np.int16)
+        for backend in stats:
+            other = np.asarray(pipe(prompt, seed=seed, backend=backend).pil_images[0], dtype=np.int16)
+            difference = np.abs(other - reference)
+            stats[backend]["max"] = max(stats[backend]["max"], int(difference.max()))
+            stats[backend]["means"].append(float(difference.mean()))
+    return {backend: {"n": n, "max_abs_8bit": s["max"], "mean_abs_8bit": round(float(np.mean(s["means"])), 4),
+                      "largest_image_mean_abs_8bit": round(max(s["means"]), 4)} for backend, s in stats.items()}
+
+
 def time_edits(pipe, source, repeats: int) -> list[float]:
     pipe.edit(source, PROMPT, seed=0)  # warm-up, as for generation
     times = []
@@ -62,6 +100,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--reference-repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--backends", nargs="*", default=[], help="also time the default settings on these backends, interleaved")
+    parser.add_argument("--parity", type=int, default=0, metavar="N", help="compare N prompt/seed pairs on each --backends with torch")
     parser.add_argument("--also", nargs="*", default=[], metavar="STEPS:FRACTION",
                         help="also time these sampler settings (steps, guided share of them), same run, same repeats")
     args = parser.parse_args()
@@ -73,9 +113,14 @@ def main() -> None:
     start = time.perf_counter()
     pipe = XRayDiffusionPipeline.from_pretrained(args.weights)
     load_seconds = time.perf_counter() - start
-    defaults = dict(pipe.generation_defaults)
+    defaults = pipe.resolve_settings()
+    start = time.perf_counter()
+    pipe(PROMPT, seed=0)  # the first image after loading: for a runtime backend, reading (or making) its cached export
+    first_call_seconds = time.perf_counter() - start
     default_times = time_calls(pipe, args.repeats)
     rss_default = peak_rss_mb()
+    backend_times = time_backends(pipe, args.backends, args.repeats) if args.backends else {}
+    parity = pixel_parity(pipe, args.backends, args.parity) if args.parity and args.backends else {}
     edit_times = time_edits(pipe, read_gray(EDIT_SOURCE), args.repeats)
     alternative_times = {
         (steps, fraction): time_calls(pipe, args.repeats, num_inference_steps=steps, guidance_fraction=fraction)
@@ -86,7 +131,7 @@ def main() -> None:
     # The reference loads its own fp32 copy: flipping `precision` on a pipeline whose modules were
     # already cast to bf16 would run bf16 weights without autocast, not fp32.
     reference_pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=torch.float32)
-    reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0)
+    reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0, backend="torch")
     reference_times = time_calls(reference_pipe, args.reference_repeats, **reference)
     del reference_pipe
 
@@ -97,6 +142,7 @@ def main() -> None:
         "cpu_native_bf16": cpu_has_native_bf16(),
         "weights_sha256": pipe.weights_hash,
         "load_seconds": round(load_seconds, 3),
+        "first_image_seconds": round(first_call_seconds, 3),
         "default": {"settings": {**defaults, "precision": default_precision}, "n": len(default_times), "median_s": round(d_med, 4), "steps_per_s": round(steps / d_med, 2), "all_s": [round(t, 4) for t in default_times]},
         "reference": {"settings": {**reference, "precision": "fp32"}, "n": len(reference_times), "median_s": round(r_med, 4), "steps_per_s": round(50 / r_med, 2), "all_s": [round(t, 4) for t in reference_times]},
         "speedup": round(r_med / d_med, 2),
@@ -106,14 +152,22 @@ def main() -> None:
                                     "n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
             for (steps, fraction), times in alternative_times.items()
         },
+        "backends_interleaved": {backend: {"n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
+                                 for backend, times in backend_times.items()},
+        "pixel_parity_vs_torch": parity,
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     print(f"threads: {results['threads']}   native bf16: {results['cpu_native_bf16']}   weights: {pipe.weights_hash}")
-    print(f"model load:              {load_seconds:.2f} s")
-    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']} on {defaults.get('guidance_fraction', 1.0):.0%} of steps, {default_precision}): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
+    print(f"model load:              {load_seconds:.2f} s; first image after it {first_call_seconds:.2f} s (backend {defaults['backend']})")
+    print(f"default   ({defaults['sampler']}, {steps} steps, cfg {defaults['guidance_scale']} on {defaults.get('guidance_fraction', 1.0):.0%} of steps, {default_precision}, {defaults['backend']}): median {d_med:.3f} s over {len(default_times)}, {steps / d_med:.1f} steps/s")
     print(f"reference (ddim, 50 steps, cfg 10, fp32):  median {r_med:.3f} s over {len(reference_times)}, {50 / r_med:.1f} steps/s")
     print(f"speed-up: {r_med / d_med:.1f}x")
+    for backend, times in backend_times.items():
+        print(f"backend   {backend:<12} (default settings, interleaved): median {statistics.median(times):.3f} s over {len(times)}, "
+              f"{r_med / statistics.median(times):.1f}x faster than the reference")
+    for backend, s in parity.items():
+        print(f"pixels    {backend} vs torch over {s['n']} prompt/seed pairs: max |diff| {s['max_abs_8bit']} grey levels, mean {s['mean_abs_8bit']}")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
     for (steps_alt, fraction), times in alternative_times.items():
         print(f"also      ({steps_alt} steps, guided share {fraction}): median {statistics.median(times):.3f} s over {len(times)}, {statistics.median(times) / d_med:.2f}x the default")

@@ -16,6 +16,7 @@ from xray_generator.dicom import dicom_bytes
 from xray_generator.image_views import pixel_view_html, pixel_view_height
 from xray_generator.pipelines.editing import DIFFERENCE_GAIN, difference_image
 from xray_generator.pipelines.latent_diffusion import MAX_GUIDANCE, SAMPLERS, GenerationCancelled
+from xray_generator.pipelines.runtime import BACKENDS, default_backend
 from xray_generator.precision import precision_label
 
 RESOLUTION_LABELS = {
@@ -165,7 +166,8 @@ def latent_diffusion_form(pipe, status: studio.GeneratorStatus) -> None:
                        "sampler": defaults["sampler"], "steps": int(defaults["num_inference_steps"]),
                        "guidance": float(defaults["guidance_scale"]),
                        "guidance_fraction": float(defaults.get("guidance_fraction", 1.0)), "seed_mode": "Random", "seed": 0, "num_images": 1,
-                       "resolution": studio.NATIVE_RESOLUTION, "preset": "None", "image_view": "fit"}.items():
+                       "resolution": studio.NATIVE_RESOLUTION, "preset": "None", "image_view": "fit",
+                       "backend": default_backend()}.items():
         st.session_state.setdefault(key, value)
 
     controls, output = st.columns([5, 6], gap="large")
@@ -235,6 +237,10 @@ def generation_settings(defaults: dict) -> tuple[str, tuple]:
                         help="Image i of a batch uses seed + i; the same seed and settings give the same image.")
     right.number_input("Number of images", 1, studio.MAX_IMAGES_PER_REQUEST, key="num_images")
     st.radio("Resolution", list(RESOLUTION_LABELS), key="resolution", format_func=RESOLUTION_LABELS.get)
+    st.selectbox("Backend", BACKENDS, key="backend",
+                 help=f"What runs the network: {default_backend()} is this CPU's fastest. Backends differ by float rounding "
+                      "(within 2 grey levels); each image's metadata records its backend. A runtime's first use on new "
+                      "weights exports them once (tens of seconds) unless `python -m xray_generator export-runtime` ran.")
     return preset_selector(
         st, "preset", "Display enhancement from post_process.py, applied to the 256 px output before any upscaling.")
 
@@ -250,6 +256,7 @@ def run_generation(pipe, preset: str, preset_steps: tuple) -> None:
         steps=int(st.session_state["steps"]),
         guidance=float(st.session_state["guidance"]),
         guidance_fraction=float(st.session_state["guidance_fraction"]),
+        backend=st.session_state["backend"],
         seed=seed,
         num_images=int(st.session_state["num_images"]),
         resolution=int(st.session_state["resolution"]),
@@ -302,7 +309,8 @@ def show_latest_generation() -> None:
                                      "unsmoothed, scrolling if larger.")
     actions = show_generation(result, st.session_state["generation_downloads"],
                               f"{len(result.images)} image(s) in {result.seconds:.1f} s · {result.total_steps} steps · "
-                              f"{result.steps_per_second:.2f} steps/s · {precision_label(result.images[0].metadata.get('precision'))}",
+                              f"{result.steps_per_second:.2f} steps/s · {precision_label(result.images[0].metadata.get('precision'))} · "
+                              f"{result.images[0].metadata.get('backend', 'torch')}",
                               view=view or "fit")
     seeds = sorted({item.metadata["seed"] for item in result.images})
     if st.session_state["seed_mode"] == "Random" or int(st.session_state["seed"]) != seeds[0]:

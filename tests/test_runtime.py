@@ -136,3 +136,30 @@ def test_default_backend_is_used_and_recorded(pipe, monkeypatch):
     out = pipe(PROMPT, seed=0)
     assert out.metadata[0]["backend"] == runtime.default_backend()
     assert pipe.resolve_settings()["backend"] == runtime.default_backend()
+
+
+def test_cli_backend_flag_manifest_and_export_command(tiny_pipeline_dir, cache_root, tmp_path, monkeypatch, capsys):
+    import csv
+
+    from xray_generator.__main__ import main
+
+    monkeypatch.setenv("CXR_CACHE_DIR", str(cache_root))
+    assert main(["export-runtime", "--backend", "onnxruntime", "openvino", "--weights", str(tiny_pipeline_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "onnxruntime: ready" in printed and "openvino: ready" in printed and str(cache_root) in printed
+    args = ["generate", "--prompt", PROMPT, "--n", "2", "--weights", str(tiny_pipeline_dir), "--backend", "onnxruntime", "-o", str(tmp_path / "batch")]
+    assert main(args) == 0
+    with open(tmp_path / "batch" / "xray_manifest.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["backend"] for row in rows] == ["onnxruntime", "onnxruntime"] and rows[0]["precision"] in ("fp32", "bf16")
+    assert read_png_metadata(tmp_path / "batch" / "xray_0000.png")["backend"] == "onnxruntime"
+    # Images made by another backend are not "already done" for this one.
+    capsys.readouterr()
+    assert main(args[:-4] + ["--backend", "torch", "-o", str(tmp_path / "batch")]) == 0
+    assert "xray_0000.png" in capsys.readouterr().out
+    for command in (["generate", "--prompt", PROMPT], ["export-runtime"]):
+        assert main(command + ["--weights", str(tiny_pipeline_dir), "--backend", "tensorrt"] + (["-o", str(tmp_path / "x.png")] if command[0] == "generate" else [])) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: backend must be one of torch, onnxruntime, openvino") and "Traceback" not in err
+    assert main(["evaluate", "--model", "ldm", "--backend", "tensorrt", "--n", "10"]) == 2
+    assert "backend must be one of" in capsys.readouterr().err

@@ -9,6 +9,7 @@
     python -m xray_generator verify-weights
     python -m xray_generator generate-dataset --prompts prompts.csv --per-prompt 4 --seed 0 --out synth/
     accelerate launch --multi_gpu --num_processes 2 -m xray_generator generate-dataset --from-metadata test --out synth/   # 2 CPU processes without CUDA
+    python -m xray_generator export-runtime          # export and cache the UNet and decoder for the fast backends
 """
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def command_generate(args) -> int:
     output = Path(args.output)
     settings = dict(
         negative_prompt=args.negative_prompt, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        guidance_fraction=args.guidance_fraction, sampler=args.sampler,
+        guidance_fraction=args.guidance_fraction, sampler=args.sampler, backend=args.backend,
     )
     targets, manifest_path = _output_targets(output, args.n)
     rows = []
@@ -138,17 +139,17 @@ def command_generate(args) -> int:
 def _same_settings(existing: dict, pipe, args, seed: int) -> bool:
     """Whether an image on disk was made with exactly the settings of this run."""
     resolved = pipe.resolve_settings(sampler=args.sampler, num_inference_steps=args.steps, guidance_scale=args.guidance,
-                                     guidance_fraction=args.guidance_fraction)
+                                     guidance_fraction=args.guidance_fraction, backend=args.backend)
     wanted = {
         "prompt": args.prompt, "seed": seed, "weights_sha256": pipe.weights_hash,
         "steps": resolved["num_inference_steps"], "guidance": float(resolved["guidance_scale"]),
         "guidance_fraction": float(resolved["guidance_fraction"]), "sampler": resolved["sampler"],
-        "negative_prompt": args.negative_prompt or "",
+        "negative_prompt": args.negative_prompt or "", "backend": resolved["backend"],
     }
     return all(existing.get(key) == value for key, value in wanted.items())
 
 
-MANIFEST_FIELDS = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "guidance_fraction", "seed", "height", "width", "precision", "synthetic"]
+MANIFEST_FIELDS = ["file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "guidance_fraction", "seed", "height", "width", "precision", "backend", "synthetic"]
 FAMILY_MANIFEST_FIELDS = ["file", "model", "weights_sha256", "kind", "condition", "source_image_id", "source_file_sha256", "seed", "height", "width", "synthetic"]
 
 
@@ -199,7 +200,7 @@ def command_generate_family(args) -> int:
     translates = FAMILY_KINDS[args.model] == "image-to-image"
     given = [flag for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt), ("--steps", args.steps),
                                       ("--guidance", args.guidance), ("--guidance-fraction", args.guidance_fraction), ("--sampler", args.sampler),
-                                      ("--text-encoder", args.text_encoder)) if value is not None]
+                                      ("--text-encoder", args.text_encoder), ("--backend", args.backend)) if value is not None]
     if given:
         takes = "--source and --condition" if translates else "--condition (conditional families) and --seed"
         raise CliError(f"the {args.model} model takes no {', '.join(given)} (those drive the text-to-image ldm); it takes {takes}")
@@ -341,6 +342,7 @@ def command_edit(args) -> int:
         result = pipe.edit(
             source, args.prompt, strength=args.strength, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
             guidance_scale=args.guidance, seed=args.seed, sampler=args.sampler, mask=mask, source_id=Path(args.image).name,
+            backend=args.backend,
         )
     except (ValueError, GenerationCancelled) as exc:
         raise CliError(str(exc)) from exc
@@ -415,6 +417,24 @@ def _model_default(shipped: dict, key: str) -> str:
     return f"default from the model: {shipped[key]} for the shipped weights" if key in shipped else "default from the model"
 
 
+def command_export_runtime(args) -> int:
+    """Export (or find in the cache) and load the UNet and decoder of each backend asked for."""
+    from xray_generator.pipelines.runtime import BackendError, default_backend
+
+    pipe = _load_pipeline(args)
+    for backend in args.backend or [default_backend()]:
+        start = time.perf_counter()
+        try:
+            runtime = pipe.runtime_models(backend)
+        except BackendError as exc:
+            raise CliError(str(exc)) from exc
+        if runtime.folder is None:
+            print(f"{backend}: runs the PyTorch modules, nothing to export")
+            continue
+        print(f"{backend}: ready in {time.perf_counter() - start:.1f} s, {runtime.precision}, cache {runtime.folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from xray_generator.pipelines.registry import GENERATOR_FAMILIES
 
@@ -438,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="ldm", help=f"model family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
     gen.add_argument("--weights", default=None, help="a weights folder of that family to use instead of weights/<model>")
     gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
+    gen.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: this CPU's fastest; see the README's Speed section)")
     gen.set_defaults(func=command_generate)
     ed = sub.add_parser("edit", help="text-guided edit of a real radiograph (whole image, a mask or a lung zone)",
                         description="Writes OUT.png (the edited, SYNTHETIC image with provenance) and OUT_diff.png "
@@ -460,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
     ed.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
     ed.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
+    ed.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: this CPU's fastest; see the README's Speed section)")
     ed.set_defaults(func=command_edit)
     ev = sub.add_parser("evaluate", help="fidelity, diversity and memorisation metrics of a shipped generator -> outputs/metrics/<model>.json")
     from xray_generator.evaluation.run import add_arguments
@@ -503,6 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
     ds.set_defaults(func=command_generate_dataset)
     ver = sub.add_parser("verify-weights", help="check every family's weights folder against its MANIFEST.json")
     ver.set_defaults(func=command_verify)
+    exp = sub.add_parser("export-runtime", help="export the ldm UNet and decoder to ONNX for the onnxruntime/openvino backends, cached by the weights' sha256",
+                         description="Done on first use otherwise (tens of seconds once per weights); run it after installing "
+                                     "or updating weights so the app's first image is fast. Prints the cache folder.")
+    exp.add_argument("--backend", nargs="+", default=None, help="backends to prepare (default: this CPU's default backend)")
+    exp.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
+    exp.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
+    exp.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
+    exp.set_defaults(func=command_export_runtime)
     return parser
 
 

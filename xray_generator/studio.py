@@ -309,6 +309,7 @@ class GenerationRequest:
     steps: int | None = None
     guidance: float | None = None
     guidance_fraction: float | None = None
+    backend: str | None = None  # None: this CPU's fastest (pipelines/runtime.py)
     seed: int = 0
     num_images: int = 1
     resolution: int = NATIVE_RESOLUTION
@@ -344,6 +345,10 @@ class GenerationRequest:
             raise ValueError(f"the guided share of the steps must be a number above 0 and at most 1, got {self.guidance_fraction!r}")
         if self.sampler is not None and not isinstance(self.sampler, str):
             raise ValueError(f"sampler must be a name such as 'dpm++', got {self.sampler!r}")
+        if self.backend is not None:
+            from xray_generator.pipelines.runtime import check_backend
+
+            check_backend(self.backend)
 
 
 def _is_integer(value: Any) -> bool:
@@ -452,6 +457,7 @@ def generate_images(
             height=NATIVE_RESOLUTION,
             width=NATIVE_RESOLUTION,
             callback_on_step_end=callback,
+            backend=request.backend,
         )
         notices.extend(n for n in output.notices if n not in notices)
         native = output.images[0]
@@ -616,7 +622,7 @@ def image_file_stem(metadata: dict, index: int | None = None) -> str:
 
 
 MANIFEST_FIELDS = ("file", "model", "weights_sha256", "prompt", "negative_prompt", "sampler", "steps", "guidance", "guidance_fraction", "seed",
-                   "native_resolution", "resolution", "upscaled", "enhancement_preset", "synthetic", "generated_at")
+                   "precision", "backend", "native_resolution", "resolution", "upscaled", "enhancement_preset", "synthetic", "generated_at")
 
 
 FAMILY_MANIFEST_FIELDS = ("family", "condition", "weights_hash")

@@ -76,6 +76,7 @@ class EvaluationSettings:
     steps: int | None = None
     guidance: float | None = None
     guidance_fraction: float | None = None
+    backend: str | None = None  # None: this CPU's default (pipelines/runtime.py); ldm only
     batch_size: int = 8
     n_boot: int = 200
     kid_subsets: int = 100
@@ -451,6 +452,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance-fraction", type=float, default=None,
                         help="share of the steps, noisiest first, that are guided (ldm only; default: the model's)")
     parser.add_argument("--sampler", choices=["dpm++", "ddim", "unipc"], default=None, help="ldm only")
+    parser.add_argument("--backend", default=None,
+                        help="what runs the UNet and decoder: torch, onnxruntime or openvino (ldm only; default: this CPU's fastest)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per sampler call (ldm only)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the CIs (default 200)")
     parser.add_argument("--classifier", default=None, help="classifier weights folder (default weights/classifier)")
@@ -464,9 +467,13 @@ def run_from_args(args: argparse.Namespace) -> dict:
         raise ValueError(f"--n must be between 10 and 100000, got {args.n}")
     settings = EvaluationSettings(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, guidance=args.guidance,
-        guidance_fraction=args.guidance_fraction, batch_size=args.batch_size, n_boot=args.n_boot, inception_weights=args.inception_weights,
+        guidance_fraction=args.guidance_fraction, backend=args.backend, batch_size=args.batch_size, n_boot=args.n_boot, inception_weights=args.inception_weights,
     )
     check_family_settings(args.model, settings)  # before any weights load
+    if args.backend is not None:
+        from xray_generator.pipelines.runtime import check_backend
+
+        check_backend(args.backend)
     document = evaluate(args.model, settings, classifier_folder=args.classifier, out_dir=args.out, data_dir=args.data_dir)
     for metric in document["metrics"]:
         floor = f"  floor {metric['floor']['value']:.4g}" if metric["floor"] else ""

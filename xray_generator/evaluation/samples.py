@@ -180,16 +180,16 @@ def save_cached_image(image: np.ndarray, path: Path, metadata: dict) -> np.ndarr
 def resolved_sampler_settings(pipe, settings) -> dict:
     """The sampler settings an evaluation runs with: those given, else the model's defaults."""
     resolved = pipe.resolve_settings(sampler=settings.sampler, num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                                     guidance_fraction=settings.guidance_fraction)
+                                     guidance_fraction=settings.guidance_fraction, backend=getattr(settings, "backend", None))
     return {"sampler": resolved["sampler"], "steps": resolved["num_inference_steps"], "guidance": resolved["guidance_scale"],
-            "guidance_fraction": resolved["guidance_fraction"]}
+            "guidance_fraction": resolved["guidance_fraction"], "backend": resolved["backend"]}
 
 
 def sampler_arguments(pipe, settings) -> dict:
     """`resolved_sampler_settings` as keyword arguments of the pipeline's `__call__`."""
     resolved = resolved_sampler_settings(pipe, settings)
     return {"sampler": resolved["sampler"], "num_inference_steps": resolved["steps"], "guidance_scale": resolved["guidance"],
-            "guidance_fraction": resolved["guidance_fraction"]}
+            "guidance_fraction": resolved["guidance_fraction"], "backend": resolved["backend"]}
 
 
 def settings_key(pipe, settings) -> str:
@@ -197,6 +197,8 @@ def settings_key(pipe, settings) -> str:
     sampler_settings = resolved_sampler_settings(pipe, settings)
     if sampler_settings["guidance_fraction"] == 1.0:
         del sampler_settings["guidance_fraction"]  # caches made before the setting existed guided every step
+    if sampler_settings["backend"] == "torch":
+        del sampler_settings["backend"]  # caches made before backends existed ran PyTorch; other backends' pixels differ by rounding
     if getattr(pipe, "precision", "bf16") != "bf16":
         # fp32 images (a CPU without native bf16) differ from bf16 ones by rounding: never mix them in one cache.
         sampler_settings["precision"] = pipe.precision
@@ -353,8 +355,9 @@ def check_family_settings(model: str, settings) -> None:
         raise UnknownGeneratorError(model)
     if FAMILY_KINDS[model] != "text-to-image" and (
         settings.sampler or settings.steps or settings.guidance is not None or settings.guidance_fraction is not None
+        or getattr(settings, "backend", None) is not None
     ):
-        raise ValueError(f"the {model} model has no sampler: --sampler, --steps, --guidance and --guidance-fraction apply to ldm only")
+        raise ValueError(f"the {model} model has no sampler: --sampler, --steps, --guidance, --guidance-fraction and --backend apply to ldm only")
 
 
 def draw_samples(model: str, generator, held_out: pd.DataFrame, settings, data_dir=None, classifier=None) -> DrawnSamples:
