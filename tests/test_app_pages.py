@@ -62,7 +62,7 @@ def generate(at: AppTest, prompt: str = "right lower lobe pneumonia", seed: int 
     # set after the rerun above (AppTest, unlike a browser, drops unsubmitted form values on a rerun).
     at.text_area(key="prompt").set_value(prompt)
     for key, value in settings.items():
-        widget = {"resolution": at.radio, "num_images": at.number_input, "preset": at.selectbox}[key]
+        widget = {"resolution": at.radio, "num_images": at.number_input, "preset": at.selectbox, "backend": at.selectbox}[key]
         widget(key=key).set_value(value)
     return at.button(key="generate").click().run()
 
@@ -106,6 +106,15 @@ def test_generate_returns_a_synthetic_image_with_provenance(studio_env, tiny_wei
     assert metadata["weights_sha256"] == weights_hash(tiny_weights_root / "ldm")
     labels = [b.label for b in at.get("download_button")]
     assert any("PNG" in label for label in labels) and any("DICOM" in label for label in labels) and any("ZIP" in label for label in labels)
+
+
+def test_backend_select_runs_that_backend_and_records_it(studio_env):
+    at = open_app("generate")
+    assert at.selectbox(key="backend").options == ["torch", "onnxruntime", "openvino"]
+    at = generate(at, seed=4, backend="onnxruntime")
+    assert_clean(at)
+    assert read_png_metadata(at.session_state["generation_downloads"]["png"][0])["backend"] == "onnxruntime"
+    assert "onnxruntime" in " ".join(texts(at.success))
 
 
 def test_same_seed_gives_the_same_image(studio_env):

@@ -161,6 +161,11 @@ class XRayDiffusionPipeline(DiffusionPipeline):
     def device(self) -> torch.device:
         return self.unet.device
 
+    @property
+    def vae_scale_factor(self) -> int:
+        """Image pixels per latent pixel along each side (8 for the shipped autoencoder)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def resolve_settings(self, **given: Any) -> dict:
         """The generation settings a call runs with: each value given, else this model's default (pipeline.json).
 
@@ -274,8 +279,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         check_backend(backend)
         if backend == "torch":
             return RuntimeModels(backend="torch", precision=self.precision, unet=self._torch_unet, decode=self._torch_decode)
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        key = (backend, (height // factor, width // factor))
+        key = (backend, (height // self.vae_scale_factor, width // self.vae_scale_factor))
         with self._runtimes_lock:
             if key not in self._runtimes:
                 self._runtimes[key] = load_runtime(
@@ -314,8 +318,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor, backend: str = "torch") -> torch.Tensor:
         """Scaled latents -> images (N, 1, H, W) in [0, 1], decoded by `backend`'s decoder."""
         config = self.vae.config
-        factor = 2 ** (len(config.block_out_channels) - 1)
-        runtime = self.runtime_models(backend, latents.shape[-2] * factor, latents.shape[-1] * factor)
+        runtime = self.runtime_models(backend, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
         decoded = runtime.decode(latents / config.scaling_factor + (config.shift_factor or 0.0))
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
 
@@ -357,8 +360,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         `backend` names the UNet's runtime (`runtime_models`).
         """
         n = latents.shape[0]
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        unet = self.runtime_models(backend, latents.shape[-2] * factor, latents.shape[-1] * factor).unet
+        unet = self.runtime_models(backend, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor).unet
         for index, t in enumerate(timesteps):
             use_guidance = guidance_scale > 1.0 and (guided_steps is None or index < guided_steps)
             # Guided text states are (uncond, cond) stacked; an unguided step takes the cond half.
