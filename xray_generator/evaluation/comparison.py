@@ -213,7 +213,13 @@ def realism_markdown(documents: list[dict]) -> str:
                 "`python -m xray_generator realism --model <family>`.")
     lines = ["Realism: can a plain classifier tell real held-out films (stored at 256 px) from each set? Written by "
              "`python -m xray_generator realism`, on the raw generator output (8-bit, nothing applied after decoding):", ""]
-    lines += _table(REALISM_COLUMNS, [realism_row(document) for document in documents])
+    def order(document: dict) -> tuple[int, bool]:
+        # Registry order (ldm first), each model's round trip before its generated images.
+        family, roundtrip, _ = document["model"].partition(" round trip")
+        families = list(GENERATOR_FAMILIES)
+        return (families.index(family) if family in families else len(families), not roundtrip)
+
+    lines += _table(REALISM_COLUMNS, [realism_row(document) for document in sorted(documents, key=order)])
     lines += ["", "C2ST: the better of a logistic regression and a gradient-boosted classifier on radial power-spectrum bands, "
               "gradient statistics and the intensity histogram, 5-fold cross-validated with folds grouped by patient; 0.5 is "
               "chance. The floor is real against real with disjoint patients. The spectrum gap is the set's mean log10 power "
