@@ -122,11 +122,9 @@ def test_missing_runtime_package_names_the_pip_command(monkeypatch):
         runtime.check_backend("openvino")
 
 
-def test_default_backend_follows_the_cpu_and_the_override(monkeypatch):
-    from xray_generator.precision import cpu_has_native_bf16
-
+def test_default_backend_is_torch_unless_overridden(monkeypatch):
     monkeypatch.delenv("CXR_BACKEND", raising=False)
-    assert runtime.default_backend() == ("torch" if cpu_has_native_bf16() else "onnxruntime")
+    assert runtime.default_backend() == "torch"
     monkeypatch.setenv("CXR_BACKEND", "openvino")
     assert runtime.default_backend() == "openvino"
 

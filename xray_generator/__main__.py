@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="ldm", help=f"model family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
     gen.add_argument("--weights", default=None, help="a weights folder of that family to use instead of weights/<model>")
     gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
-    gen.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: this CPU's fastest; see the README's Speed section)")
+    gen.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: torch, or CXR_BACKEND; see the README's Speed section)")
     gen.set_defaults(func=command_generate)
     ed = sub.add_parser("edit", help="text-guided edit of a real radiograph (whole image, a mask or a lung zone)",
                         description="Writes OUT.png (the edited, SYNTHETIC image with provenance) and OUT_diff.png "
@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
     ed.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
     ed.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
-    ed.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: this CPU's fastest; see the README's Speed section)")
+    ed.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: torch, or CXR_BACKEND; see the README's Speed section)")
     ed.set_defaults(func=command_edit)
     ev = sub.add_parser("evaluate", help="fidelity, diversity and memorisation metrics of a shipped generator -> outputs/metrics/<model>.json")
     from xray_generator.evaluation.run import add_arguments

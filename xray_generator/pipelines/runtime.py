@@ -37,18 +37,15 @@ OVERRIDE_VARIABLE = "CXR_BACKEND"
 
 
 def default_backend() -> str:
-    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else this CPU's fastest.
+    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else PyTorch.
 
-    Where bf16 is native (AMX / AVX-512 BF16) PyTorch's bf16 autocast is the measured fast path
-    (0.609 s per default image on a 2-core Xeon with AMX) and stays the default. Elsewhere (fp32)
-    ONNX Runtime is: see the README's Speed section for the same-run medians it was chosen on.
+    The runtimes are a choice, not the default: on a quiet 2-core AVX2 CPU ONNX Runtime made a
+    default image in 0.888 s against PyTorch's 1.015 s (separate runs), but in the app its first
+    image after start took 7.6 s against 2.5 s (session creation on first use), which breaks the
+    3 s first-image budget. Where bf16 is native, PyTorch's bf16 autocast is the measured fast path.
     """
-    from xray_generator.precision import cpu_has_native_bf16
-
     override = os.environ.get(OVERRIDE_VARIABLE, "").strip()
-    if override:
-        return override
-    return "torch" if cpu_has_native_bf16() else "onnxruntime"
+    return override or "torch"
 
 
 class BackendError(ValueError):
