@@ -356,8 +356,8 @@ def command_edit(args) -> int:
     return 0
 
 
-def command_evaluate(args) -> int:
-    from xray_generator.evaluation.run import run_from_args
+def run_metrics_command(run_from_args, args) -> int:
+    """Run an evaluation module's `run_from_args`; bad weights, missing files and bad values become clear CLI errors."""
     from xray_generator.weights import WeightsError
 
     try:
@@ -365,17 +365,18 @@ def command_evaluate(args) -> int:
     except (WeightsError, FileNotFoundError, ValueError) as exc:
         raise CliError(str(exc)) from exc
     return 0
+
+
+def command_evaluate(args) -> int:
+    from xray_generator.evaluation.run import run_from_args
+
+    return run_metrics_command(run_from_args, args)
 
 
 def command_realism(args) -> int:
     from xray_generator.evaluation.realism import run_from_args
-    from xray_generator.weights import WeightsError
 
-    try:
-        run_from_args(args)
-    except (WeightsError, FileNotFoundError, ValueError) as exc:
-        raise CliError(str(exc)) from exc
-    return 0
+    return run_metrics_command(run_from_args, args)
 
 
 def command_verify(args) -> int:

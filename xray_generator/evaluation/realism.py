@@ -129,9 +129,12 @@ def intensity_statistics(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def realism_features(images: Sequence[np.ndarray]) -> np.ndarray:
-    """The C2ST's features, one row per image: spectrum bands, gradient statistics, intensity statistics."""
-    frequency, log_power = radial_power_spectrum(images)
+def realism_features(images: Sequence[np.ndarray], spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The C2ST's features, one row per image: spectrum bands, gradient statistics, intensity statistics.
+
+    `spectrum` is the images' `radial_power_spectrum` where the caller has it already (it is the costly part).
+    """
+    frequency, log_power = spectrum if spectrum is not None else radial_power_spectrum(images)
     _, bands = band_log_power(frequency, log_power)
     return np.concatenate([bands, gradient_statistics(images), intensity_statistics(images)], axis=1)
 
@@ -326,8 +329,10 @@ def roundtrip_images(pipe, images: Sequence[np.ndarray], batch_size: int = 16) -
 # ---------------------------------------------------------------------------- one run
 def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple[list[dict], dict]:
     """C2ST (with its real-vs-real floor), the CNN detector and the power-spectrum gaps, as metrics-file entries; and the mean spectra."""
-    real_features = realism_features(sets.real)
-    other_features = realism_features(sets.other)
+    frequency, real_power = radial_power_spectrum(sets.real)
+    _, other_power = radial_power_spectrum(sets.other)
+    real_features = realism_features(sets.real, (frequency, real_power))
+    other_features = realism_features(sets.other, (frequency, other_power))
     a, b = sets.in_half_a, ~sets.in_half_a
     floor = classifier_two_sample_test(real_features[a], real_features[b], sets.real_patients[a], sets.real_patients[b], seed=seed)
     against = a if sets.other_against == "a" else np.ones(len(sets.real), bool)
@@ -342,8 +347,6 @@ def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple
                "against": "real half A" if sets.other_against == "a" else "all real held-out 256-px films",
                "chance": 0.5},
     )]
-    frequency, real_power = radial_power_spectrum(sets.real)
-    _, other_power = radial_power_spectrum(sets.other)
     gaps = spectrum_band_gaps(real_power[against], other_power, frequency)
     floor_gaps = spectrum_band_gaps(real_power[a], real_power[b], frequency)
     metrics.append(build_metric(
