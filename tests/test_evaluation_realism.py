@@ -103,6 +103,7 @@ def tiny_pipe(tiny_pipeline_dir):
     return XRayDiffusionPipeline.from_pretrained(tiny_pipeline_dir)
 
 
+@pytest.mark.precision
 def test_realism_judges_the_raw_generator_output_and_writes_a_metrics_file(tiny_pipe, tmp_path, monkeypatch):
     import post_process
 
@@ -139,9 +140,15 @@ def test_realism_judges_the_raw_generator_output_and_writes_a_metrics_file(tiny_
     seed = int(plan["seed"].iloc[0])
     cached = list((tmp_path / "outputs").rglob(f"{seed:06d}.png"))
     assert len(cached) == 1 and np.array_equal(judged_first, np.asarray(Image.open(cached[0]), dtype=np.int16))
-    # A fresh one-image call: equal up to the rounding of the evaluation's batched matrix products.
+    # A fresh one-image call: equal up to the rounding of the evaluation's batched matrix products,
+    # which in bf16 (8 mantissa bits) moves a few pixels by several grey levels, as in test_pipeline's
+    # batch test: there at most 16 * 2**-8 of the range and 2**-8 on average.
     first = to_uint8(np.asarray(tiny_pipe(plan["prompt"].iloc[0], seed=seed, num_inference_steps=2).images[0])).astype(np.int16)
-    assert np.abs(judged_first - first).max() <= 1
+    difference = np.abs(judged_first - first)
+    if tiny_pipe.precision == "fp32":
+        assert difference.max() <= 1
+    else:
+        assert difference.max() <= 16 and difference.mean() <= 1
 
 
 def test_roundtrip_is_judged_against_the_other_patients(tiny_pipe, tmp_path):
