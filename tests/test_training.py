@@ -284,3 +284,49 @@ def test_a_deeper_decoder_warm_starts_trains_and_ships_with_the_encoder_untouche
     pipe = XRayDiffusionPipeline.from_pretrained(shipped)
     assert len(pipe.vae.decoder.up_blocks[0].resnets) == 3
     assert pipe("normal chest", seed=0).images[0].shape == (256, 256)
+
+
+def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_encoder_frozen(vae_run, tmp_path):
+    """Perceptual + high-pass patch discriminator (adaptive weight, after a warm-up) on crops of the
+    whole films' cached latents: the encoder stays the source's, the discriminator starts first, the
+    adaptive weight is logged, and validation reports the spectrum band gap."""
+    import torch
+
+    from xray_generator.models.autoencoder import load_autoencoder
+
+    source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("vae_tiny.json", max_steps=3, freeze_encoder=True, latent_crops=True, perceptual_weight=0.5,
+                         ssim_weight=0.0, gradient_weight=0.0, kl_weight=0.0, adversarial_weight=0.5,
+                         adaptive_adversarial_weight=True, discriminator_highpass=True,
+                         discriminator_from_step=0, adversarial_from_step=1)
+    config["init_from"], config["cache_dir"] = str(source_dir), str(tmp_path / "cache")
+    state = train_vae.train_vae(config, tmp_path / "gan_run", data_dir=SAMPLE)
+    assert state["step"] == 3
+    assert list((tmp_path / "cache").glob("*/train_latents.safetensors"))  # the cache the UNet trainer shares
+    with open(tmp_path / "gan_run" / "log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert float(rows[0]["adv_weight"]) == 0.0 and float(rows[0]["adv_d"]) > 0.0  # discriminator warms up alone
+    assert all(float(row["adv_weight"]) > 0.0 for row in rows[1:])  # then the adaptive weight enters
+    assert float(rows[-1]["perc_term"]) > 0.0
+    assert float(rows[-1]["val_band_gap"]) >= 0.0
+    tuned, source = load_autoencoder(train_vae.export_autoencoder(tmp_path / "gan_run", tmp_path / "tuned")), load_autoencoder(source_dir)
+    assert train_ldm.same_part(tuned, source, train_ldm.ENCODER_PARTS)
+    assert not train_ldm.same_part(tuned, source, train_ldm.DECODER_PARTS)
+    with pytest.raises(ValueError, match="latent_crops needs freeze_encoder"):
+        train_vae.train_vae(dict(config, train=dict(config["train"], freeze_encoder=False)), tmp_path / "bad", data_dir=SAMPLE)
+
+
+def test_the_high_pass_discriminator_sees_the_laplacian_and_the_adaptive_weight_balances_gradients():
+    import torch
+
+    from xray_generator.training.losses import PatchDiscriminator, adaptive_adversarial_weight, laplacian
+
+    flat = torch.full((1, 1, 8, 8), 0.3)
+    assert torch.equal(laplacian(flat), torch.zeros_like(flat))  # no texture, no high-pass
+    ramp = torch.arange(8.0).expand(1, 1, 8, 8).clone()
+    assert torch.allclose(laplacian(ramp)[..., 1:-1], torch.zeros(1, 1, 8, 6))  # linear: zero away from the border
+    d = PatchDiscriminator(width=8, highpass=True)
+    assert d.net[0].in_channels == 2 and d(torch.rand(2, 1, 32, 32)).shape[1] == 1
+    layer = torch.nn.Parameter(torch.ones(3))
+    rec, gen = (layer * 2.0).sum(), (layer * 0.5).sum()  # gradients of norm 2*sqrt(3) and 0.5*sqrt(3)
+    assert adaptive_adversarial_weight(rec, gen, layer).item() == pytest.approx(4.0, rel=1e-3)

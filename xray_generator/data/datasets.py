@@ -44,6 +44,45 @@ class RandomCropDataset(Dataset):
         return torch.from_numpy(crop)[None]
 
 
+class LatentCropDataset(Dataset):
+    """Aligned pairs of (latent crop, image crop) cut from whole films and their cached latents.
+
+    A decoder fine-tune with the encoder frozen learns from the latents the encoder gives the whole
+    film (what the UNet is trained on and generation decodes), not from re-encoded crops; a latent
+    crop of `crop_latent` cells is the image crop `factor` times larger at the same place. Each item
+    draws a posterior sample (mean + std * noise), as the UNet's training latents are.
+    """
+
+    def __init__(self, images: list[np.ndarray], means: list[torch.Tensor], stds: list[torch.Tensor], crop_latent: int, factor: int,
+                 length: int | None = None, seed: int = 0):
+        if not len(images) == len(means) == len(stds):
+            raise ValueError(f"{len(images)} images but {len(means)} latent means and {len(stds)} stds")
+        for image, mean in zip(images, means):
+            if image.shape[0] != mean.shape[-2] * factor or image.shape[1] != mean.shape[-1] * factor:
+                raise ValueError(f"an image of {image.shape} does not match its latent of {tuple(mean.shape)} at {factor}x")
+        self.images, self.means, self.stds = images, means, stds
+        self.crop_latent, self.factor = crop_latent, factor
+        self.length = length or len(images)
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, index, torch.randint(0, 2**31 - 1, (1,)).item()))
+        row = int(rng.integers(len(self.images)))
+        mean, std = self.means[row], self.stds[row]
+        cells = min(self.crop_latent, mean.shape[-2], mean.shape[-1])
+        top = int(rng.integers(0, mean.shape[-2] - cells + 1))
+        left = int(rng.integers(0, mean.shape[-1] - cells + 1))
+        window = (slice(None), slice(top, top + cells), slice(left, left + cells))
+        noise = torch.from_numpy(rng.standard_normal((mean.shape[0], cells, cells)).astype(np.float32))
+        latent = mean[window].float() + std[window].float() * noise
+        f = self.factor
+        crop = self.images[row][top * f : (top + cells) * f, left * f : (left + cells) * f].astype(np.float32) / 127.5 - 1.0
+        return latent, torch.from_numpy(crop)[None]
+
+
 def augment_batch(images: torch.Tensor, rng: np.random.Generator, settings: dict) -> torch.Tensor:
     """Mild radiograph augmentation of a float batch (B, 1, H, W) in [0, 1]; returns a new batch.
 

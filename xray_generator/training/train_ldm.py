@@ -55,6 +55,16 @@ def _manifest_digest(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.table.to_csv(index=False).encode()).hexdigest()[:12]
 
 
+def latent_cache_dir(base: str | Path, autoencoder_dir: str | Path, train_manifest: Manifest) -> Path:
+    """Where the latents of `train_manifest` under the autoencoder in `autoencoder_dir` are cached.
+
+    Keyed by the autoencoder's weights and the train table, so the UNet trainer and a frozen-encoder
+    decoder fine-tune share one cache, and any change to either encodes anew.
+    """
+    vae_digest = sha256_file(Path(autoencoder_dir) / "diffusion_pytorch_model.safetensors")[:12]
+    return Path(base) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
+
+
 @torch.no_grad()
 def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Path, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Posterior mean and std of every image, grouped by latent size; cached as safetensors."""
@@ -141,8 +151,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
 
     autoencoder_dir = Path(config["autoencoder"])
     autoencoder = load_autoencoder(autoencoder_dir)
-    vae_digest = sha256_file(autoencoder_dir / "diffusion_pytorch_model.safetensors")[:12]
-    cache_dir = Path(config.get("cache_dir", "outputs/cache/ldm")) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
+    cache_dir = latent_cache_dir(config.get("cache_dir", "outputs/cache/ldm"), autoencoder_dir, train_manifest)
     encoder = FrozenTextEncoder(config["text_encoder"], max_length=config.get("text_max_length", 64))
     with accelerator.main_process_first():  # the main process fills the caches; the others then read them
         train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")

@@ -1,7 +1,15 @@
 """Stage 1: train the 1-channel AutoencoderKL on radiograph crops, then on near-full frames.
 
 Loss = L1 + ssim_weight * (1 - SSIM) + gradient_weight * edge L1 + kl_weight * KL
-       (+ adversarial_weight * PatchGAN hinge term after `adversarial_from_step`).
+       + perceptual_weight * classifier-feature distance
+       (+ adversarial_weight [x adaptive weight] * PatchGAN hinge term after `adversarial_from_step`).
+
+The decoder recipe of the latent-diffusion autoencoder (Esser et al. 2021, Rombach et al. 2022):
+reconstruction + perceptual + a hinge patch discriminator that trains from `discriminator_from_step`
+and enters the decoder's loss after a warm-up, weighted by the ratio of the two losses' gradients at
+the decoder's last layer (`adaptive_adversarial_weight`). `discriminator_highpass` shows it the
+Laplacian too. With `latent_crops` (encoder frozen) the decoder learns from crops of the whole
+films' cached latents, the latents generation decodes.
 
     python -m xray_generator.training.train_vae train --config configs/vae.json --run outputs/runs/vae --resume
     python -m xray_generator.training.train_vae export --run outputs/runs/vae --out outputs/runs/vae/autoencoder
@@ -20,15 +28,18 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from xray_generator.data.datasets import RandomCropDataset, load_images_uint8
+from xray_generator.data.datasets import LatentCropDataset, RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
-from xray_generator.models.autoencoder import build_autoencoder, load_autoencoder, warm_start_autoencoder
+from xray_generator.evaluation.realism import radial_power_spectrum, spectrum_band_gaps
+from xray_generator.models.autoencoder import build_autoencoder, downsampling_factor, load_autoencoder, warm_start_autoencoder
 from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
-from xray_generator.training.losses import PatchDiscriminator, gradient_loss, hinge_discriminator_loss, ssim_loss
+from xray_generator.training.losses import PatchDiscriminator, adaptive_adversarial_weight, gradient_loss, hinge_discriminator_loss, ssim_loss
+from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 
-LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "kl", "latent_drift", "adv_g", "adv_d", "lr", "val_psnr", "val_ssim"]
+LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "perc_term", "kl", "latent_drift",
+              "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap"]
 
 
 def load_config(path: str | Path) -> dict:
@@ -36,10 +47,12 @@ def load_config(path: str | Path) -> dict:
 
 
 @torch.no_grad()
-def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[float, float]:
-    """Mean PSNR/SSIM of full-frame reconstructions (posterior mean, 8-bit quantised like a saved PNG)."""
+def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[float, float, float]:
+    """Mean PSNR/SSIM of full-frame reconstructions (posterior mean, 8-bit quantised like a saved PNG),
+    and the largest power-spectrum band gap (log10) of the reconstructions against the frames: the
+    realism test's texture cue, which PSNR and SSIM do not see."""
     autoencoder.eval()
-    psnrs, ssims = [], []
+    psnrs, ssims, recs = [], [], []
     for frame in frames:
         x = torch.from_numpy(frame.astype(np.float32) / 127.5 - 1.0)[None, None]
         with cpu_bf16_autocast():
@@ -49,8 +62,30 @@ def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[floa
         ref = frame.astype(np.float64) / 255.0
         psnrs.append(psnr(ref, rec8))
         ssims.append(ssim(ref, rec8))
+        recs.append(rec8)
     autoencoder.train()
-    return float(np.mean(psnrs)), float(np.mean(ssims))
+    band_gap = float("nan")
+    if len({f.shape for f in frames}) == 1 and frames[0].shape[0] == frames[0].shape[1]:
+        frequency, real_power = radial_power_spectrum([f.astype(np.float32) / 255.0 for f in frames])
+        _, rec_power = radial_power_spectrum(recs)
+        band_gap = spectrum_band_gaps(real_power, rec_power, frequency)["value"]
+    return float(np.mean(psnrs)), float(np.mean(ssims)), band_gap
+
+
+def cached_latents_per_image(config: dict, autoencoder, train_manifest) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each train image's posterior mean and std from the latent cache the UNet trainer shares (filled if missing)."""
+    from xray_generator.training.train_ldm import cache_latents, latent_cache_dir
+
+    cache_dir = latent_cache_dir(config.get("cache_dir", "outputs/cache/ldm"), config["init_from"], train_manifest)
+    tensors = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
+    means: list[torch.Tensor | None] = [None] * len(train_manifest.table)
+    stds: list[torch.Tensor | None] = [None] * len(train_manifest.table)
+    for key, rows in tensors.items():
+        if key.startswith("rows_"):
+            size = key.split("_", 1)[1]
+            for i, row in enumerate(rows.tolist()):
+                means[row], stds[row] = tensors[f"mean_{size}"][i], tensors[f"std_{size}"][i]
+    return means, stds
 
 
 def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minutes: float | None = None, data_dir: str | Path | None = None) -> dict:
@@ -92,8 +127,14 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             anchor = build_autoencoder(config["model"])
             anchor.load_state_dict(autoencoder.state_dict())
             anchor.requires_grad_(False).eval()
+    latent_crops = bool(train_cfg.get("latent_crops"))
+    if latent_crops and not (train_cfg.get("freeze_encoder") and config.get("init_from")):
+        raise ValueError("latent_crops needs freeze_encoder and init_from: the cached latents are the source encoder's")
+    perceptual = None
+    if train_cfg.get("perceptual_weight", 0.0) > 0:
+        perceptual = classifier_perceptual_loss(load_optional_classifier(), train_cfg.get("perceptual_layers", ("layer1", "layer2", "layer3")))
     autoencoder = autoencoder.to(memory_format=torch.channels_last)
-    discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32))
+    discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32), highpass=train_cfg.get("discriminator_highpass", False))
     trainable = [p for p in autoencoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=train_cfg["lr"], betas=(0.5, 0.9), weight_decay=0.0)
@@ -110,8 +151,14 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         log.truncate_after(state["step"])
         print(f"resumed from {latest.name}: step {state['step']}, {state['samples_seen']} samples")
 
-    crops = RandomCropDataset(images, data_cfg["crop_size"], length=10**9, seed=train_cfg.get("seed", 0))
-    frames = RandomCropDataset(images, data_cfg["full_crop_size"], length=10**9, seed=train_cfg.get("seed", 0) + 1)
+    if latent_crops:
+        factor = downsampling_factor(autoencoder)
+        means, stds = cached_latents_per_image(config, autoencoder, train_manifest)
+        crops = LatentCropDataset(images, means, stds, data_cfg["crop_size"] // factor, factor, length=10**9, seed=train_cfg.get("seed", 0))
+        frames = LatentCropDataset(images, means, stds, data_cfg["full_crop_size"] // factor, factor, length=10**9, seed=train_cfg.get("seed", 0) + 1)
+    else:
+        crops = RandomCropDataset(images, data_cfg["crop_size"], length=10**9, seed=train_cfg.get("seed", 0))
+        frames = RandomCropDataset(images, data_cfg["full_crop_size"], length=10**9, seed=train_cfg.get("seed", 0) + 1)
     crop_loader = DataLoader(crops, batch_size=train_cfg["batch_size"], num_workers=0)
     frame_loader = DataLoader(frames, batch_size=train_cfg["full_batch_size"], num_workers=0)
     autoencoder, discriminator, opt, opt_d, crop_loader, frame_loader = accelerator.prepare(
@@ -124,19 +171,20 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="vae", dynamic_ncols=True, mininterval=5)
 
-    def save(val: tuple[float, float] | None) -> None:
+    def save(val: tuple[float, float, float] | None) -> None:
         state["wall_seconds"] = schedule.wall_seconds()
         unwrapped = accelerator.unwrap_model(autoencoder)
         ckpt.save(
             state["step"],
             {"autoencoder": unwrapped.state_dict(), "ema": ema.state_dict(), "discriminator": accelerator.unwrap_model(discriminator).state_dict()},
-            {**state, "val_psnr": val[0] if val else None, "val_ssim": val[1] if val else None},
+            {**state, "val_psnr": val[0] if val else None, "val_ssim": val[1] if val else None, "val_band_gap": val[2] if val else None},
             {"optimizer": opt, "optimizer_d": opt_d},
         )
 
     while state["step"] < max_steps:
         step = state["step"]
-        x = next(frame_iter) if step >= full_from else next(crop_iter)
+        batch = next(frame_iter) if step >= full_from else next(crop_iter)
+        latent, x = batch if latent_crops else (None, batch)
         x = x.to(memory_format=torch.channels_last)
         lr = train_cfg["lr"] * min(1.0, (step + 1) / train_cfg.get("warmup_steps", 1))
         if train_cfg.get("lr_schedule") == "cosine":
@@ -144,35 +192,53 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        use_adv = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= train_cfg.get("adversarial_from_step", max_steps)
+        adversarial_from = train_cfg.get("adversarial_from_step", max_steps)
+        train_d = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= train_cfg.get("discriminator_from_step", adversarial_from)
+        use_adv = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= adversarial_from
+        unwrapped = accelerator.unwrap_model(autoencoder)
         with accelerator.autocast():
-            posterior = autoencoder.encode(x).latent_dist
-            rec = autoencoder.decode(posterior.sample()).sample
+            if latent_crops:
+                posterior = None
+                rec = unwrapped.decode(latent).sample
+            else:
+                posterior = autoencoder.encode(x).latent_dist
+                rec = autoencoder.decode(posterior.sample()).sample
         # Losses in fp32: SSIM's variance terms and the KL's exp(logvar) are unstable in bf16.
         rec = rec.float()
         l1 = (rec - x).abs().mean()
         s_term = ssim_loss(rec, x)
         g_term = gradient_loss(rec, x)
-        mean, logvar = posterior.mean.float(), posterior.logvar.float()
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
-        loss = l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term + train_cfg["kl_weight"] * kl
+        p_term = torch.zeros(())
+        if perceptual is not None:
+            with accelerator.autocast():
+                p_term = perceptual(rec, x)
+        kl = torch.zeros(())
+        if posterior is not None:
+            mean, logvar = posterior.mean.float(), posterior.logvar.float()
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
+        rec_loss = (l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term
+                    + train_cfg.get("perceptual_weight", 0.0) * p_term)
+        loss = rec_loss + train_cfg["kl_weight"] * kl
         drift = torch.zeros(())
         if anchor is not None:
             with torch.no_grad():
                 anchor_mean = anchor.encode(x).latent_dist.mean.float()
             drift = (mean - anchor_mean).pow(2).mean()
             loss = loss + train_cfg["latent_anchor_weight"] * drift
-        adv_g = torch.zeros(())
+        adv_g, adv_weight = torch.zeros(()), torch.zeros(())
         if use_adv:
             with accelerator.autocast():
                 adv_g = -discriminator(rec).float().mean()
-            loss = loss + train_cfg["adversarial_weight"] * adv_g
+            adv_weight = torch.tensor(float(train_cfg["adversarial_weight"]))
+            if train_cfg.get("adaptive_adversarial_weight"):
+                adv_weight = adv_weight * adaptive_adversarial_weight(rec_loss, adv_g, unwrapped.decoder.conv_out.weight)
+            loss = loss + adv_weight * adv_g
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(trainable, 1.0)
         opt.step()
         adv_d = torch.zeros(())
-        if use_adv:
+        if train_d:
             with accelerator.autocast():
                 adv_d = hinge_discriminator_loss(discriminator(x).float(), discriminator(rec.detach()).float())
             opt_d.zero_grad(set_to_none=True)
@@ -192,14 +258,14 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             val = evaluate_reconstruction(shadow, val_frames)
             save(val)
             schedule.saved()
-            print(f"\nstep {state['step']}: val PSNR {val[0]:.2f} dB, SSIM {val[1]:.4f} (EMA, n={len(val_frames)})", flush=True)
+            print(f"\nstep {state['step']}: val PSNR {val[0]:.2f} dB, SSIM {val[1]:.4f}, worst spectrum band gap {val[2]:.3f} log10 (EMA, n={len(val_frames)})", flush=True)
         if state["step"] % train_cfg.get("log_every", 10) == 0 or val is not None:
             log.append({
                 "step": state["step"], "samples_seen": state["samples_seen"],
                 "wall_seconds": round(schedule.wall_seconds(), 1),
-                "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(),
-                "kl": kl.item(), "latent_drift": drift.item(), "adv_g": adv_g.item(), "adv_d": adv_d.item(), "lr": lr,
-                "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "",
+                "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(), "perc_term": p_term.item(),
+                "kl": kl.item(), "latent_drift": drift.item(), "adv_g": adv_g.item(), "adv_weight": adv_weight.item(), "adv_d": adv_d.item(), "lr": lr,
+                "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "", "val_band_gap": val[2] if val else "",
             })
         if out_of_time:
             break
