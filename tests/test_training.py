@@ -25,6 +25,16 @@ def log_steps(run_dir) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(handle)]
 
 
+def latest_state(run_dir) -> dict:
+    return json.loads((CheckpointDir(run_dir).latest() / "state.json").read_text())
+
+
+def card_rows(card: str) -> dict[str, list[str]]:
+    """The cells of every table row in a model card, by its first cell."""
+    rows = [line.strip("| ").split(" | ") for line in card.splitlines() if line.startswith("| ")]
+    return {cells[0]: cells for cells in rows}
+
+
 @pytest.fixture(scope="module")
 def vae_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("vae_run")
@@ -38,8 +48,11 @@ def test_vae_trainer_checkpoints_and_resumes(vae_run):
     latest = CheckpointDir(vae_run).latest()
     assert latest.name == "step-00000002"
     assert {p.name for p in latest.iterdir()} >= {"autoencoder.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"}
+    before = latest_state(vae_run)
     state = train_vae.train_vae(tiny_config("vae_tiny.json", max_steps=4), vae_run, resume=True, data_dir=SAMPLE)
     assert state["step"] == 4 and state["samples_seen"] > 2
+    after = latest_state(vae_run)  # the run's first start survives the resume; each checkpoint says when it was written
+    assert after["started"] == before["started"] <= before["updated"] <= after["updated"]
     assert log_steps(vae_run) == [1, 2, 3, 4]
     assert not list(vae_run.glob(".step-*.partial"))
 
@@ -72,27 +85,107 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
 
 
 @pytest.mark.precision
-def test_the_model_card_records_every_stage_and_refuses_unknown_ones(vae_run, tmp_path):
+def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_ones(vae_run, tmp_path):
     from xray_generator.training import model_card
     from xray_generator.weights import sha256_file, verify_manifest
 
     autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
     config = tiny_config("ldm_tiny.json", max_steps=1)
     config["autoencoder"], config["cache_dir"] = str(autoencoder), str(tmp_path / "cache")
-    train_ldm.train_ldm(config, tmp_path / "ldm_run", data_dir=SAMPLE)
-    weights = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "weights")
-    finetunes = [vae_run] * len(model_card.FINETUNE_STAGES)  # one tiny run standing in for each stage
+    ldm_run = tmp_path / "ldm_run"
+    train_ldm.train_ldm(config, ldm_run, data_dir=SAMPLE)
+    weights = train_ldm.export_pipeline(ldm_run, tmp_path / "weights")
+    # One tiny run standing in for each stage, the adversarial decoder and the UNet fine-tune on the expanded data included.
+    finetunes = [vae_run] * len(model_card.FINETUNE_STAGES)
+    ldm_finetunes = [ldm_run] * len(model_card.LDM_FINETUNE_STAGES)
+    assert {"vae_decoder_gan", "ldm_finetune_expanded"} <= set(model_card.FINETUNE_STAGES + model_card.LDM_FINETUNE_STAGES)
 
-    card = model_card.write_card(weights, vae_run, tmp_path / "ldm_run", n_recon=2, vae_finetune_runs=finetunes).read_text()
-    for name in ["vae", *model_card.FINETUNE_STAGES, "ldm"]:
-        assert model_card.STAGE_TITLES[name] in card and (weights / f"training_log_{name}.csv").is_file()
+    card = model_card.write_card(weights, vae_run, ldm_run, n_recon=2, vae_finetune_runs=finetunes, ldm_finetune_runs=ldm_finetunes).read_text()
+    rows = card_rows(card)
+    recorded = json.loads((weights / model_card.STAGES_FILE).read_text())
+    assert list(recorded) == list(model_card.STAGE_TITLES)
+    for name, title in model_card.STAGE_TITLES.items():
+        state = latest_state(ldm_run if name in model_card.UNET_STAGES else vae_run)
+        # Dated by the run itself: its first start and its last checkpoint, as the trainer wrote them.
+        assert (recorded[name]["started"], recorded[name]["finished"], recorded[name]["dates_from"]) == (state["started"], state["updated"], "run")
+        started, finished = state["started"][:10], state["updated"][:10]
+        assert rows[title][4] == (finished if started == finished else f"{started} → {finished}")
+        assert rows[title][1] == f"{state['step']:,}" and (weights / f"training_log_{name}.csv").is_file()
+    assert "the UNet `ldm` → `ldm_finetune_expanded`" in card and "the autoencoder `vae` → `vae_decoder_finetune` →" in card
     assert "n = 2" in card and (weights / "card" / "samples.png").is_file()
     digest = verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
     # The card names its model files' hashes, never a stale folder hash (the manifest it is part of
     # is written after it, so it cannot name the final one).
     assert sha256_file(weights / "vae" / "diffusion_pytorch_model.safetensors")[:16] in card and digest not in card
     with pytest.raises(ValueError, match="stages"):
-        model_card.write_card(weights, vae_run, tmp_path / "ldm_run", n_recon=2, vae_finetune_runs=finetunes + [vae_run])
+        model_card.write_card(weights, vae_run, ldm_run, n_recon=2, vae_finetune_runs=finetunes + [vae_run])
+    with pytest.raises(ValueError, match="stages"):
+        model_card.write_card(weights, vae_run, ldm_run, n_recon=2, ldm_finetune_runs=ldm_finetunes + [ldm_run])
+
+
+def test_a_stage_without_dated_checkpoints_is_dated_by_its_checkpoint_file_or_the_commit_of_its_loss_log(tmp_path):
+    import os
+    import subprocess
+    from datetime import datetime, timezone
+
+    from xray_generator.training import model_card
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    # A run trained before checkpoints were dated: the time its last checkpoint was written dates the end; the start is unknown.
+    run = tmp_path / "old_run"
+    CheckpointDir(run).save(3, {}, {"step": 3, "samples_seen": 12, "wall_seconds": 7200.0, "val_psnr": 30.0, "val_ssim": 0.8}, {})
+    state_file = CheckpointDir(run).latest() / "state.json"
+    undated = {key: value for key, value in json.loads(state_file.read_text()).items() if key not in ("started", "updated")}
+    state_file.write_text(json.dumps(undated))
+    written = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc).timestamp()
+    os.utime(state_file, (written, written))
+    old = model_card.training_stage("vae_decoder_gan", run, {}, weights)
+    assert (old["started"], old["finished"], old["dates_from"]) == (None, "2026-03-04T05:06:07+00:00", "checkpoint mtime")
+    assert (old["step"], old["wall_seconds"]) == (3, 7200.0)
+
+    # A stage whose run folder is gone: the record the last card wrote, dated by the commit that first added its loss log.
+    def git(*args, date="2026-01-02T03:04:05+00:00"):
+        env = {**os.environ, "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+        subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.org", *args], cwd=weights, env=env, check=True, capture_output=True)
+
+    (weights / "training_log_vae.csv").write_text("step,loss\n1,0.5\n")
+    git("init", "-q")
+    git("add", "training_log_vae.csv")
+    git("commit", "-q", "-m", "the log lands")
+    (weights / "training_log_vae.csv").write_text("step,loss\n1,0.5\n2,0.4\n")
+    git("commit", "-q", "-am", "a later edit", date="2026-02-01T00:00:00+00:00")  # does not move the date
+    recorded = {"vae": {"step": 2, "samples_seen": 8, "wall_seconds": 3600.0, "val_psnr": 29.0, "val_ssim": 0.82, "run": "not kept"}}
+    vae = model_card.training_stage("vae", tmp_path / "gone", recorded, weights)
+    assert (vae["finished"], vae["dates_from"], vae["step"]) == ("2026-01-02T03:04:05+00:00", "log commit", 2)
+    assert model_card.training_stage("vae", None, {"vae": vae}, weights) == vae  # a dated record is kept as it is
+
+    # Neither a run nor a record: the stage is left out (not trained or not shipped yet). A named run that is missing is an error.
+    assert model_card.training_stage("ldm_finetune_expanded", None, recorded, weights) is None
+    with pytest.raises(FileNotFoundError, match="ldm"):
+        model_card.training_stage("ldm", tmp_path / "gone", recorded, weights)
+
+    rows = card_rows(model_card.training_table({"vae": vae, "vae_decoder_gan": old}, weights))
+    assert rows["VAE"][3:5] == ["1.00 h", "by 2026-01-02 (log committed)"]
+    assert rows[model_card.STAGE_TITLES["vae_decoder_gan"]][3:5] == ["2.00 h", "2026-03-04 (checkpoint written)"]
+
+
+def test_checkpoints_carry_the_run_start_through_resumes_and_date_each_save(tmp_path, monkeypatch):
+    import xray_generator.training.checkpointing as checkpointing
+
+    monkeypatch.setattr(checkpointing, "utc_timestamp", lambda: "2026-01-01T00:00:00+00:00")
+    CheckpointDir(tmp_path).save(1, {}, {"step": 1}, {})
+    monkeypatch.setattr(checkpointing, "utc_timestamp", lambda: "2026-01-03T00:00:00+00:00")
+    resumed = CheckpointDir(tmp_path)  # a later session
+    _, state = resumed.load(resumed.latest(), {})
+    resumed.save(2, {}, {**state, "step": 2}, {})
+    assert (latest_state(tmp_path)["started"], latest_state(tmp_path)["updated"]) == ("2026-01-01T00:00:00+00:00", "2026-01-03T00:00:00+00:00")
+
+    # A checkpoint written before checkpoints were dated: resuming it leaves the start unknown instead of dating it by the resume.
+    (resumed.latest() / "state.json").write_text(json.dumps({"step": 2}))
+    _, state = resumed.load(resumed.latest(), {})
+    resumed.save(3, {}, {**state, "step": 3}, {})
+    assert (latest_state(tmp_path)["started"], latest_state(tmp_path)["updated"]) == (None, "2026-01-03T00:00:00+00:00")
 
 
 @pytest.mark.precision

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,12 +46,24 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
     optimizer.load_state_dict({"state": state, "param_groups": info["param_groups"]})
 
 
+def utc_timestamp() -> str:
+    """Now, in UTC, as ISO 8601 to the second: how checkpoints and model cards date things."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class CheckpointDir:
-    """Manages `step-<N>/` folders and the `LATEST` pointer inside a run folder."""
+    """Manages `step-<N>/` folders and the `LATEST` pointer inside a run folder.
+
+    Every checkpoint's state.json also says when the run trained, so a model card can date it from
+    the run itself: `started` (when the run first opened its folder, carried through resumes) and
+    `updated` (when this checkpoint was written), both UTC.
+    """
 
     def __init__(self, run_dir: str | Path, keep: int = 2):
         self.run_dir = Path(run_dir)
         self.keep = keep
+        # A trainer opens its run folder before its first step: the run's start unless it resumes a checkpoint.
+        self.opened = utc_timestamp()
 
     @property
     def pointer(self) -> Path:
@@ -75,6 +88,7 @@ class CheckpointDir:
             save_file(tensors, staging / f"{opt_name}.safetensors", metadata={"optimizer": meta})
         rng = {"torch_rng": torch.get_rng_state()}
         save_file(rng, staging / "rng.safetensors")
+        state = {**state, "started": state.get("started", self.opened), "updated": utc_timestamp()}
         (staging / "state.json").write_text(json.dumps(state, indent=2))
         for child in staging.iterdir():
             with open(child, "rb") as handle:
@@ -100,6 +114,8 @@ class CheckpointDir:
             else:
                 modules[stem] = load_file(str(file))
         state = json.loads((folder / "state.json").read_text())
+        # A checkpoint written before checkpoints were dated: the run's start is unknown, not this resume's time.
+        state.setdefault("started", None)
         return modules, state
 
     def _prune(self, current: str) -> None:

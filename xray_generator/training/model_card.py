@@ -1,8 +1,12 @@
 """Write `weights/ldm/README.md`: data, training progress, losses, VAE reconstruction quality and sample grids.
 
-Every number in the card is measured here from the run folders and the exported weights.
+Every number in the card is measured here from the run folders and the exported weights; a stage whose
+run folder is gone keeps the numbers and dates the last card recorded in `training_stages.json`.
 
-    python -m xray_generator.training.model_card --weights weights/ldm --vae-run outputs/runs/vae --ldm-run outputs/runs/ldm
+    python -m xray_generator.training.model_card --weights weights/ldm --vae-run outputs/runs/vae --ldm-run outputs/runs/ldm \
+        --vae-finetune-run <runs, in the order of FINETUNE_STAGES> --ldm-finetune-run <runs, in the order of LDM_FINETUNE_STAGES>
+
+Name only runs whose weights ship: the card says the shipped weights went through every stage in its table.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import argparse
 import csv
 import json
 import shutil
+import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -84,38 +90,132 @@ def mean_train_loss(log_path: Path, last_rows: int = 50, up_to_step: int | None 
 
 
 STAGES_FILE = "training_stages.json"
+# Every stage, in the order the table lists them: the autoencoder's, then the UNet's.
 STAGE_TITLES = {
     "vae": "VAE",
     "vae_decoder_finetune": "VAE decoder fine-tune (encoder frozen, so the UNet's latents are unchanged)",
     "vae_decoder_finetune_2": "VAE decoder fine-tune 2 (encoder frozen; all full frames, SSIM weight 1.0)",
     "vae_encoder_finetune": "VAE encoder fine-tune (decoder frozen, so generation is unchanged; latents anchored to the previous encoder's)",
     "vae_encoder_finetune_2": "VAE encoder fine-tune 2 (decoder frozen, latents anchored; SSIM weight 3.0)",
+    "vae_decoder_gan": "VAE decoder, adversarial (encoder frozen; one resnet deeper per block; L1 + classifier-perceptual + "
+                       "high-pass patch discriminator, adaptive weight)",
     "ldm": "UNet",
+    "ldm_finetune_expanded": "UNet fine-tune on the expanded data (NIH ChestX-ray14 + Hannover added; warm-started from the shipped UNet)",
 }
-# The autoencoder fine-tunes in the order they were applied; `--vae-finetune-run` names their runs in this order.
-FINETUNE_STAGES = [name for name in STAGE_TITLES if name not in ("vae", "ldm")]
+UNET_STAGES = ["ldm", "ldm_finetune_expanded"]
+# The fine-tunes in the order they were applied; `--vae-finetune-run` and `--ldm-finetune-run` name their runs in these orders.
+FINETUNE_STAGES = [name for name in STAGE_TITLES if name != "vae" and name not in UNET_STAGES]
+LDM_FINETUNE_STAGES = UNET_STAGES[1:]
+STAGE_NUMBERS = ("step", "samples_seen", "wall_seconds", "val_psnr", "val_ssim", "val_band_gap")
 
 
-def training_stage(name: str, run: Path | None, recorded: dict) -> dict:
-    """One stage's step, samples, wall time and last validation numbers.
+def run_dates(run: Path) -> dict:
+    """When a run trained, from the run itself: its latest checkpoint's `started` and `updated`.
+
+    A checkpoint from before trainers dated them has neither; then the modification time of its
+    state.json dates the end of training (the checkpoint the card's numbers come from) and the start is unknown.
+    """
+    state_file = CheckpointDir(run).latest() / "state.json"
+    state = json.loads(state_file.read_text())
+    if state.get("updated"):
+        return {"started": state.get("started"), "finished": state["updated"], "dates_from": "run"}
+    written = datetime.fromtimestamp(state_file.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return {"started": None, "finished": written, "dates_from": "checkpoint mtime"}
+
+
+def log_commit_date(weights: Path, name: str) -> str | None:
+    """When the commit that first added the stage's loss log `training_log_<name>.csv` was made (UTC), or None when git
+    cannot tell (no git, not a work tree, the log not committed). Dates the stages whose run folders were not kept:
+    training finished on or before it."""
+    try:
+        added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%ct", "--", f"training_log_{name}.csv"],
+                               cwd=weights, capture_output=True, text=True, check=False)
+    except FileNotFoundError:  # no git
+        return None
+    times = added.stdout.split()
+    if added.returncode != 0 or not times:
+        return None
+    return datetime.fromtimestamp(int(times[-1]), timezone.utc).isoformat(timespec="seconds")  # the oldest: first added
+
+
+def training_stage(name: str, run: Path | None, recorded: dict, weights: Path) -> dict | None:
+    """One stage's step, samples, wall time, dates and last validation numbers, or None when the stage has neither a run nor a record.
 
     From the run folder's latest checkpoint when it exists (and its loss log is copied into the
     weights folder), else from the record the last card wrote: a fresh clone has no run folders,
-    but the card must still be reproducible from what ships.
+    but the card must still be reproducible from what ships. A record from before cards dated stages
+    gets the date its loss log was committed.
     """
     if run is not None and (run / "LATEST").is_file():
         state = json.loads((CheckpointDir(run).latest() / "state.json").read_text())
-        return {key: state.get(key) for key in ("step", "samples_seen", "wall_seconds", "val_psnr", "val_ssim")} | {"run": str(run)}
+        return {key: state.get(key) for key in STAGE_NUMBERS} | run_dates(run) | {"run": str(run)}
     if name in recorded:
-        return recorded[name]
+        stage = recorded[name]
+        if not stage.get("finished"):
+            stage = stage | {"started": None, "finished": log_commit_date(weights, name), "dates_from": "log commit"}
+        return stage
+    if run is None:
+        return None
     raise FileNotFoundError(f"stage {name!r}: no checkpoint in {run} and no record of it in {STAGES_FILE}")
 
 
+DATES_NOTE = ("Dates are UTC. A range is the run's own record: its first start → its last checkpoint "
+              "(? when the run began before checkpoints were dated). "
+              "*checkpoint written*: a run from before checkpoints were dated; the day its last checkpoint was written. "
+              "*log committed*: the run folder was not kept; the day the commit that first added the stage's loss log "
+              "was made, so training finished on or before it.")
+
+
+def stage_dates_text(stage: dict) -> str:
+    finished = (stage.get("finished") or "")[:10]
+    if not finished:
+        return "unknown"
+    if stage.get("dates_from") == "log commit":
+        return f"by {finished} (log committed)"
+    if stage.get("dates_from") == "checkpoint mtime":
+        return f"{finished} (checkpoint written)"
+    started = (stage.get("started") or "")[:10]
+    return finished if started == finished else f"{started or '?'} → {finished}"
+
+
+def stage_losses_text(name: str, stage: dict, weights: Path) -> str:
+    if name in UNET_STAGES:
+        log = weights / f"training_log_{name}.csv"
+        val = last_val(log, "val_loss", up_to_step=stage["step"])
+        return (f"train {mean_train_loss(log, up_to_step=stage['step']):.4f} (mean of last 50 logged), "
+                f"val {val[1] if val else float('nan'):.4f} (EMA, fixed noise)")
+    return (f"val PSNR {stage.get('val_psnr') or float('nan'):.2f} dB"
+            + (f", SSIM {stage['val_ssim']:.4f}" if stage.get("val_ssim") else "")
+            + (f", worst spectrum band gap {stage['val_band_gap']:.3f} log10" if stage.get("val_band_gap") is not None else "")
+            + " (EMA, 32 val frames)")
+
+
+def stage_path(stages: dict[str, dict], autoencoder: bool) -> str:
+    return " → ".join(f"`{name}`" for name in stages if (name not in UNET_STAGES) == autoencoder)
+
+
+def training_table(stages: dict[str, dict], weights: Path) -> str:
+    """The card's training table, its footnotes, and which stages the shipped weights went through."""
+    rows = [f"| {STAGE_TITLES[name]} | {stage['step']:,} | {stage['samples_seen']:,} | {stage['wall_seconds'] / 3600:.2f} h | "
+            f"{stage_dates_text(stage)} | {stage_losses_text(name, stage, weights)} |" for name, stage in stages.items()]
+    return "\n".join([
+        "| stage | steps | samples seen | wall time | dates (UTC) | final losses |",
+        "|---|--:|--:|--:|---|---|",
+        *rows,
+        "",
+        f"The shipped weights went through every stage above, in order: the autoencoder {stage_path(stages, autoencoder=True)}, "
+        f"the UNet {stage_path(stages, autoencoder=False)}. {DATES_NOTE}",
+        "",
+        f"Loss logs: {', '.join(f'`training_log_{name}.csv`' for name in stages)}. Stage records: `{STAGES_FILE}`.",
+    ])
+
+
 def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None,
-               vae_finetune_runs: list[Path] | None = None) -> Path:
-    vae_finetune_runs = vae_finetune_runs or []
-    if len(vae_finetune_runs) > len(FINETUNE_STAGES):
-        raise ValueError(f"{len(vae_finetune_runs)} fine-tune runs given, but the card knows {len(FINETUNE_STAGES)} stages: {FINETUNE_STAGES}")
+               vae_finetune_runs: list[Path] | None = None, ldm_finetune_runs: list[Path] | None = None) -> Path:
+    vae_finetune_runs, ldm_finetune_runs = vae_finetune_runs or [], ldm_finetune_runs or []
+    for given, known, flag in ((vae_finetune_runs, FINETUNE_STAGES, "autoencoder"), (ldm_finetune_runs, LDM_FINETUNE_STAGES, "UNet")):
+        if len(given) > len(known):
+            raise ValueError(f"{len(given)} {flag} fine-tune runs given, but the card knows {len(known)} stages: {known}")
     pipe = XRayDiffusionPipeline.from_pretrained(weights)
     manifest = load_manifest()
     test = manifest.query(split="test", native_px=256)
@@ -128,21 +228,11 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     write_sample_grid(pipe, assets / "samples.png", prompts=CARD_PROMPTS, seeds=(0, 1, 2))
     stages_path = weights / STAGES_FILE
     recorded = json.loads(stages_path.read_text()) if stages_path.is_file() else {}
-    runs = [("vae", vae_run), *zip(FINETUNE_STAGES, vae_finetune_runs), ("ldm", ldm_run)]
-    stages = {name: training_stage(name, run, recorded) for name, run in runs}
-    for name, run in runs:
+    runs = {"vae": vae_run, **dict(zip(FINETUNE_STAGES, vae_finetune_runs)), "ldm": ldm_run, **dict(zip(LDM_FINETUNE_STAGES, ldm_finetune_runs))}
+    stages = {name: stage for name in STAGE_TITLES if (stage := training_stage(name, runs.get(name), recorded, weights)) is not None}
+    for name, run in runs.items():
         if (run / "log.csv").is_file():
             shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
-    ldm_state = stages["ldm"]
-    ldm_log = weights / "training_log_ldm.csv"
-    ldm_val = last_val(ldm_log, "val_loss", up_to_step=ldm_state["step"])
-    stage_rows = "\n".join(
-        f"| {STAGE_TITLES[name]} | {stage['step']:,} | {stage['samples_seen']:,} | {stage['wall_seconds'] / 3600:.2f} h | "
-        + (f"train {mean_train_loss(ldm_log, up_to_step=stage['step']):.4f} (mean of last 50 logged), val {ldm_val[1] if ldm_val else float('nan'):.4f} (EMA, fixed noise) |"
-           if name == "ldm" else
-           f"val PSNR {stage.get('val_psnr') or float('nan'):.2f} dB" + (f", SSIM {stage['val_ssim']:.4f}" if stage.get("val_ssim") else "") + " (EMA, 32 val frames) |")
-        for name, stage in stages.items()
-    )
     psnr_ci, ssim_ci = _ci(quality["psnr"]), _ci(quality["ssim"])
     train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
     params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("vae", "unet", "text_projection")}
@@ -180,11 +270,7 @@ per image, dropped 10% of the time for classifier-free guidance. No image is fli
 Caveat from the dataset card: source and label are entangled (paediatric Kermany ↔ pneumonia/normal, adult COVID sources ↔ COVID-19).
 
 ## Training (CPU, 2 cores, bf16 autocast)
-| stage | steps | samples seen | wall time | final losses |
-|---|--:|--:|--:|---|
-{stage_rows}
-
-Loss logs: {', '.join(f'`training_log_{name}.csv`' for name, _ in runs)}. Stage records: `{STAGES_FILE}`.
+{training_table(stages, weights)}
 
 ## VAE reconstruction on the test split (256 px frames, n = {len(frames)})
 PSNR {np.mean(quality['psnr']):.2f} dB (95% CI {psnr_ci[0]:.2f}–{psnr_ci[1]:.2f}), SSIM {np.mean(quality['ssim']):.4f} (95% CI {ssim_ci[0]:.4f}–{ssim_ci[1]:.4f}).
@@ -290,6 +376,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
     parser.add_argument("--vae-finetune-run", nargs="*", default=[],
                         help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae)")
+    parser.add_argument("--ldm-finetune-run", nargs="*", default=[],
+                        help="run folders of the UNet fine-tunes, in the order of LDM_FINETUNE_STAGES (the last is shipped in weights/ldm/unet)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     parser.add_argument("--realism-only", action="store_true",
                         help="only add or replace the card's realism section (from outputs/metrics/realism_*.json); weights untouched")
@@ -298,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         print(write_realism_section(Path(args.weights)))
         return
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
-                     [Path(run) for run in args.vae_finetune_run]))
+                     [Path(run) for run in args.vae_finetune_run], [Path(run) for run in args.ldm_finetune_run]))
 
 
 if __name__ == "__main__":
