@@ -243,6 +243,25 @@ def test_metrics_file_is_shown_with_ci_and_floor(studio_env):
     assert fid["floor"] == pytest.approx(3.2) and "39" in fid["ci"]
 
 
+def test_findings_file_is_shown_under_fidelity_with_n(studio_env):
+    from xray_generator.evaluation.report import build_metric, write_metrics_json
+
+    ci = {"low": 0.3, "high": 0.6, "level": 0.95, "method": "percentile bootstrap"}
+    metrics = [
+        build_metric("condition_fidelity_auroc_finding_edema", 0.45, {"generated_finding": 200, "generated_normal": 200}, ci=ci,
+                     floor={"value": 0.88, "n": {"real_adult_positive": 22, "real_adult_normal": 87}, "method": "real held-out"}),
+        build_metric("condition_fidelity_adult_centroid_share", 0.75, {"generated_adult_normal": 200}, ci=ci,
+                     floor={"value": 1.0, "n": {"real_adult_normal": 98}, "method": "real held-out"}),
+    ]
+    write_metrics_json(studio_env / "metrics" / "findings_ldm.json", "ldm", {"n_per_prompt_set": 200}, "0" * 64, metrics)
+    at = open_app("metrics")
+    assert_clean(at)
+    table = at.dataframe[0].value.set_index("metric")
+    assert set(table["family"]) == {"Fidelity"}
+    assert table.loc["condition_fidelity_auroc_finding_edema", "n"] == "generated_finding 200, generated_normal 200"
+    assert table.loc["condition_fidelity_adult_centroid_share", "floor_n"] == "real_adult_normal 98"
+
+
 def test_training_log_is_plotted(studio_env):
     (studio_env / "metrics").mkdir(exist_ok=True)
     (studio_env / "metrics" / "ldm_training_log.csv").write_text("step,loss,lr,val_loss\n10,0.9,1e-4,\n20,0.7,1e-4,0.8\n")

@@ -10,6 +10,7 @@
     python -m xray_generator generate-dataset --prompts prompts.csv --per-prompt 4 --seed 0 --out synth/
     accelerate launch --multi_gpu --num_processes 2 -m xray_generator generate-dataset --from-metadata test --out synth/   # 2 CPU processes without CUDA
     python -m xray_generator export-runtime          # export and cache the UNet and decoder for the fast backends
+    python -m xray_generator findings --model ldm --n 200   # condition fidelity per NIH finding and for adults
 """
 from __future__ import annotations
 
@@ -379,6 +380,15 @@ def command_realism(args) -> int:
     return run_metrics_command(run_from_args, args)
 
 
+def command_findings(args) -> int:
+    if args.train_head:
+        from xray_generator.training.train_finding_head import run_from_args
+    else:
+        from xray_generator.evaluation.findings import run_from_args
+
+    return run_metrics_command(run_from_args, args)
+
+
 def command_verify(args) -> int:
     """Every family's weights folder against its MANIFEST.json; alternative families not exported yet are listed, not failed."""
     from xray_generator.pipelines.registry import GENERATOR_FAMILIES, GENERATORS, generator_folder
@@ -499,6 +509,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_realism_arguments(rea)
     rea.set_defaults(func=command_realism)
+    fin = sub.add_parser("findings", help="condition fidelity per NIH finding (finding head) and for adults (age centroids, pneumonia AUROC) "
+                                          "-> outputs/metrics/findings_<model>.json")
+    from xray_generator.evaluation.findings import add_arguments as add_findings_arguments
+
+    add_findings_arguments(fin)
+    fin.add_argument("--train-head", action="store_true",
+                     help="instead of measuring: fit the finding head on the train split and write it to --head (default weights/finding_head)")
+    fin.set_defaults(func=command_findings)
     ds = sub.add_parser("generate-dataset", help="a synthetic data set: PNGs + manifest.csv, resumable, sharded under `accelerate launch`",
                         description="Job j (prompts in file order, each repeated n times) gets seed SEED + j and file xray_<j>.png; "
                                     "the output is byte-identical for any number of processes (see xray_generator/synthetic_dataset.py).")

@@ -6,8 +6,9 @@
 One row per family of the registry: time per image, parameters, FID against its real-vs-real
 floor, PRDC precision / recall, intra-prompt MS-SSIM diversity next to its real reference,
 condition fidelity (AUROC, pneumonia vs normal requests) next to the real-image AUROC,
-memorisation and n. The CVAE's paired translation metrics get a table of their own, and the
-realism test (`outputs/metrics/realism_*.json`) a third. A family
+memorisation and n. The CVAE's paired translation metrics get a table of their own, the
+realism test (`outputs/metrics/realism_*.json`) a third, and condition fidelity per NIH finding
+and for adults (`outputs/metrics/findings_*.json`) a fourth. A family
 without a metrics file is listed as not evaluated yet, with the command that makes the file.
 Every number printed is read from a metrics file; none is typed in here.
 
@@ -227,6 +228,63 @@ def realism_markdown(documents: list[dict]) -> str:
     return "\n".join(lines)
 
 
+FINDINGS_COLUMNS = ("model", "condition fidelity", "generated [95 % CI]", "real held-out [95 % CI]", "target", "n generated", "n real")
+FINDINGS_COMMAND = "python -m xray_generator findings --model ldm --n 200"
+
+
+def _value_with_ci(value: float, ci: dict | None) -> str:
+    return f"{_unit(value)} [{_unit(ci['low'])}, {_unit(ci['high'])}]" if ci else _unit(value)
+
+
+def _counts(n: dict | int) -> str:
+    return ", ".join(f"{count:,} {name.replace('_', ' ')}" for name, count in n.items()) if isinstance(n, dict) else f"{n:,}"
+
+
+def findings_rows(document: dict) -> list[list[str]]:
+    """The cells of one findings file (`xray_generator.evaluation.findings`): each finding, then the adult questions."""
+    rows = []
+    for metric in document["metrics"]:
+        name, extra, floor = metric["name"], metric["extra"], metric["floor"]
+        if name.startswith("condition_fidelity_auroc_finding_"):
+            what = f"{extra['finding']}: adult prompts vs adult Normal prompts (finding head AUROC)"
+            target = "reported next to real"
+        elif name == "condition_fidelity_adult_centroid_share":
+            what = "adult Normal prompts whose nearest real centroid is adult (share)"
+            target = f"{extra['target']}: {'met' if extra['meets_target'] else 'not met'}"
+        elif name == "condition_fidelity_auroc_adult_pneumonia_vs_adult_normal":
+            what = "adult Pneumonia vs adult Normal prompts (classifier AUROC)"
+            target = "within 0.05 of real (next row)"
+        elif name == "condition_fidelity_auroc_gap_adult_pneumonia":
+            what = "gap: generated AUROC − real AUROC"
+            target = f"{extra['target']}: {'met' if extra['meets_target'] else 'not met'}"
+            generated = {k: v for k, v in metric["n"].items() if k.startswith("generated")}
+            real = {k: v for k, v in metric["n"].items() if k.startswith("real")}
+            rows.append([document["model"], what, f"{metric['value']:+.3f} [{metric['ci']['low']:+.3f}, {metric['ci']['high']:+.3f}]",
+                         "", target, _counts(generated), _counts(real)])
+            continue
+        else:
+            continue
+        rows.append([document["model"], what, _value_with_ci(metric["value"], metric["ci"]),
+                     _value_with_ci(floor["value"], floor["ci"]) if floor else "", target, _counts(metric["n"]),
+                     _counts(floor["n"]) if floor else ""])
+    return rows
+
+
+def findings_markdown(documents: list[dict]) -> str:
+    """The table of condition fidelity per NIH finding and for adults (one block of rows per `outputs/metrics/findings_*.json`)."""
+    if not documents:
+        return f"Condition fidelity per NIH finding and for adults: not measured yet: `{FINDINGS_COMMAND}`."
+    lines = ["Condition fidelity per NIH finding and for adults, written by `python -m xray_generator findings` "
+             "(real: held-out val + test adult films; findings scored by `weights/finding_head`):", ""]
+    lines += _table(FINDINGS_COLUMNS, [row for document in documents for row in findings_rows(document)])
+    for document in documents:
+        findings = document["settings"].get("findings", {})
+        left_out = [f"{label} ({entry['reason']})" for label, entry in findings.items() if not entry["qualifies"]]
+        if left_out:
+            lines += ["", f"{document['model']}: findings that do not qualify: " + "; ".join(left_out) + "."]
+    return "\n".join(lines)
+
+
 def replace_block(text: str, block: str) -> str:
     """`text` with everything between the comparison markers replaced by `block`; ValueError without both markers in order."""
     start, end = text.find(START_MARKER), text.find(END_MARKER)
@@ -248,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-dir", default=None, help="folder of the metrics files (default outputs/metrics)")
     parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="the README to update (default the repository's)")
     args = parser.parse_args(argv)
+    from xray_generator.evaluation.findings import load_findings_documents
     from xray_generator.evaluation.realism import load_realism_documents
 
-    block = comparison_markdown(load_family_metrics(args.metrics_dir)) + "\n\n" + realism_markdown(load_realism_documents(args.metrics_dir))
+    block = (comparison_markdown(load_family_metrics(args.metrics_dir)) + "\n\n" + realism_markdown(load_realism_documents(args.metrics_dir))
+             + "\n\n" + findings_markdown(load_findings_documents(args.metrics_dir)))
     print(block)
     if args.write_readme:
         try:
