@@ -62,8 +62,10 @@ def test_written_vocabulary_is_in_the_manifest_and_counts_the_train_split(weight
 
 def test_shipped_vocabulary_counts_what_the_shipped_unet_saw():
     vocabulary = load_training_vocabulary(REPO / "weights" / "ldm")
-    assert vocabulary["n_images"] == 5419  # the model card's train images: the old sources' train split
-    assert vocabulary["label_counts"]["Pneumothorax"] == 0 and vocabulary["label_counts"]["Pneumonia"] > 1000
+    # The UNet fine-tuned on 2026-12-06 saw the whole train split, NIH ChestX-ray14 and Hannover films included.
+    assert vocabulary["n_images"] == 6287  # the model card's train images
+    assert vocabulary["label_counts"]["Pneumothorax"] == 10 and vocabulary["label_counts"]["Pneumonia"] > 1000
+    assert vocabulary["label_counts"]["Herpes"] == 0  # a finding it never saw stays listed, with 0
 
 
 def test_cli_vocabulary_prints_counts(weights_with_vocabulary, capsys):
