@@ -161,6 +161,23 @@ def test_roundtrip_is_judged_against_the_other_patients(tiny_pipe, tmp_path):
     assert path.stat().st_size > 0
 
 
+def test_a_candidate_autoencoder_is_judged_like_the_pipelines_own_and_reports_its_psnr(tiny_pipe, tiny_pipeline_dir, tmp_path):
+    own = realism.run_realism("ldm", roundtrip=True, seed=0, cnn=False, out_dir=tmp_path / "own", data_dir=SAMPLE, generator=tiny_pipe)
+    candidate = realism.run_realism("ldm", seed=0, cnn=False, out_dir=tmp_path / "candidate", data_dir=SAMPLE,
+                                    autoencoder=tiny_pipeline_dir / "vae")
+    assert (tmp_path / "candidate" / "realism_vae_roundtrip.json").is_file()
+    own_metrics, candidate_metrics = ({m["name"]: m for m in d["metrics"]} for d in (own, candidate))
+    # The same autoencoder as a bare folder: the pipeline's latent scaling cancels up to float rounding,
+    # which may move a rare pixel by one grey level.
+    for name, tolerance in (("realism_c2st_accuracy", 0.02), ("roundtrip_psnr_db", 0.01), ("roundtrip_ssim", 1e-3)):
+        assert candidate_metrics[name]["value"] == pytest.approx(own_metrics[name]["value"], abs=tolerance)
+    psnr = candidate_metrics["roundtrip_psnr_db"]
+    assert 5 < psnr["value"] < 60 and psnr["ci"]["low"] <= psnr["value"] <= psnr["ci"]["high"]
+    assert psnr["n"] <= psnr["extra"]["all_held_out_n"] == candidate["settings"]["n_other"]
+    assert 0 < candidate_metrics["roundtrip_ssim"]["value"] <= 1
+    assert candidate["settings"]["autoencoder"] == str(tiny_pipeline_dir / "vae")
+
+
 def test_the_comparison_table_and_the_dashboard_read_the_realism_files(tiny_pipe, tmp_path):
     from xray_generator import studio
     from xray_generator.evaluation.comparison import realism_markdown

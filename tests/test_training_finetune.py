@@ -65,3 +65,29 @@ def test_a_fine_tune_refuses_an_autoencoder_whose_encoder_is_not_the_shipped_one
                     cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="different encoder"):
         train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
+
+
+def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_but_its_first_and_last_convolution(shipped, tmp_path):
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    weights, config, root = shipped
+    wider = tiny_config("vae_tiny.json", max_steps=1)
+    channels = wider["model"]["latent_channels"] * 2
+    wider["model"]["latent_channels"] = channels
+    train_vae.train_vae(wider, tmp_path / "vae_run", data_dir=SAMPLE)
+    new = json.loads(json.dumps(config))
+    new["unet"].update(in_channels=channels, out_channels=channels)
+    new.update(warm_start_from=str(weights), autoencoder=str(train_vae.export_autoencoder(tmp_path / "vae_run", tmp_path / "autoencoder")),
+               cache_dir=str(tmp_path / "cache"))
+    new["train"].update(lr=0.0, max_steps=1)  # no update: what was exported is what the warm start made
+    train_ldm.train_ldm(new, tmp_path / "run", data_dir=SAMPLE)
+    tuned = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(tmp_path / "run", tmp_path / "exported"), torch_dtype=torch.float32)
+    original = XRayDiffusionPipeline.from_pretrained(weights, torch_dtype=torch.float32)
+    assert tuned.unet.config.in_channels == channels and tuned.vae.config.latent_channels == channels
+    theirs = original.unet.state_dict()
+    fresh = {name for name, tensor in tuned.unet.state_dict().items() if not (name in theirs and torch.equal(tensor, theirs[name]))}
+    assert fresh == {"conv_in.weight", "conv_out.weight", "conv_out.bias"}  # conv_in.bias keeps its shape
+    assert tuned("normal chest", seed=0).images[0].shape == (256, 256)
+    new["init_from"] = str(weights)
+    with pytest.raises(ValueError, match="exclude each other"):
+        train_ldm.train_ldm(new, tmp_path / "run2", data_dir=SAMPLE)

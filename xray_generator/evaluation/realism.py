@@ -2,6 +2,7 @@
 
     python -m xray_generator realism --model ldm --n 600              # generated (shipped defaults) vs real
     python -m xray_generator realism --model ldm --roundtrip          # the ldm autoencoder's round trip vs real
+    python -m xray_generator realism --autoencoder FOLDER --no-cnn    # a candidate autoencoder's round trip vs real
     python -m xray_generator realism --model dcgan                    # any family of the registry
 
 FID in our classifier's feature space is blind to film texture: that classifier was trained to
@@ -294,6 +295,8 @@ class RealismSets:
     other_groups: np.ndarray | None  # patients of the other set where it derives from real films (round trip), else None
     other_against: str  # "all" (generated: judged against every real film) or "a" (round trip of half B: judged against half A)
     description: str
+    # A round trip only: the split ("val"/"test") of the film each `other` image was made from, for its PSNR/SSIM.
+    other_splits: np.ndarray | None = None
 
 
 def real_films(held_out: pd.DataFrame) -> pd.DataFrame:
@@ -314,16 +317,48 @@ def patient_halves(patients: Sequence[str], seed: int) -> np.ndarray:
 
 
 def roundtrip_images(pipe, images: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Encode (posterior mean) and decode with the pipeline's autoencoder, 8-bit as a saved PNG would be; nothing else."""
+    """Encode (posterior mean) and decode with the pipeline's autoencoder, 8-bit as a saved PNG would be; nothing else.
+
+    `pipe` is a latent diffusion pipeline, or a bare AutoencoderKL (a candidate not yet paired with a UNet).
+    """
     import torch
 
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.stack(images[start:start + batch_size])[:, None].astype(np.float32))
-            decoded = pipe.decode_latents(pipe.encode_images(batch))[:, 0].numpy()
-            out.extend(np.round(decoded * 255.0).astype(np.float32) / 255.0)
+            if hasattr(pipe, "decode_latents"):
+                decoded = pipe.decode_latents(pipe.encode_images(batch))
+            else:  # the pipeline's own scaling cancels in a round trip, so a bare autoencoder skips it
+                mean = pipe.encode(batch * 2.0 - 1.0).latent_dist.mode()
+                decoded = ((pipe.decode(mean).sample + 1.0) / 2.0).clamp(0.0, 1.0)
+            out.extend(np.round(decoded[:, 0].float().numpy() * 255.0).astype(np.float32) / 255.0)
     return out
+
+
+def roundtrip_fidelity_metrics(sets: RealismSets) -> list[dict]:
+    """PSNR (dB) and SSIM of a round trip against the films it was made from: over the test split's films
+    (the value) and over every judged held-out film (beside it), each with a 95 % bootstrap CI of the mean."""
+    from xray_generator.evaluation.fidelity import bootstrap_ci
+    from xray_generator.evaluation.paired import psnr, ssim
+
+    originals = [sets.real[i] for i in np.flatnonzero(~sets.in_half_a)]
+    per_film = {
+        "roundtrip_psnr_db": np.array([psnr(o.astype(np.float64), r.astype(np.float64)) for o, r in zip(originals, sets.other)]),
+        "roundtrip_ssim": np.array([ssim(o.astype(np.float64), r.astype(np.float64)) for o, r in zip(originals, sets.other)]),
+    }
+    test = sets.other_splits == "test"
+    if not test.any():
+        test = np.ones(len(sets.other), bool)  # a data set without a test split: every held-out film
+    metrics = []
+    for name, values in per_film.items():
+        chosen = values[test]
+        metrics.append(build_metric(
+            name, float(chosen.mean()), int(test.sum()), ci=bootstrap_ci(np.mean, [chosen]),
+            extra={"films": "test-split films of half B (8-bit round trip against the 8-bit original)",
+                   "all_held_out_value": float(values.mean()), "all_held_out_n": len(values)},
+        ))
+    return metrics
 
 
 # ---------------------------------------------------------------------------- one run
@@ -367,6 +402,8 @@ def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple
                    "crop": detector["crop"],
                    "network": "4 convolutions (16-32-64-64, three strided) + linear head on 64-px patches of the pixels and their Laplacian, trained from scratch per fold"},
         ))
+    if sets.other_splits is not None:
+        metrics.extend(roundtrip_fidelity_metrics(sets))
     spectra = {"frequency_cycles_per_pixel": [float(f) for f in frequency],
                "real_mean_log10_power": [float(v) for v in real_power[against].mean(axis=0)],
                "other_mean_log10_power": [float(v) for v in other_power.mean(axis=0)]}
@@ -374,11 +411,12 @@ def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple
 
 
 def judged_sets(model: str, roundtrip: bool, n: int, seed: int, data_dir=None, batch_size: int = 8, generator=None,
-                steps: int | None = None) -> tuple[RealismSets, dict, str | None]:
+                steps: int | None = None, autoencoder: str | Path | None = None) -> tuple[RealismSets, dict, str | None]:
     """Build the sets for one run: the real films, and the model's generated images or its autoencoder's round trip.
 
     `generator` is an already loaded generator of family `model` (default: `load_generator(model)`);
-    `steps` overrides a text-to-image model's sampler steps (default: the model's).
+    `steps` overrides a text-to-image model's sampler steps (default: the model's); `autoencoder`, an
+    AutoencoderKL folder, judges that autoencoder's round trip instead of the model's (a candidate).
     """
     from xray_generator.data.manifest import load_manifest
     from xray_generator.evaluation.run import EvaluationSettings
@@ -390,6 +428,18 @@ def judged_sets(model: str, roundtrip: bool, n: int, seed: int, data_dir=None, b
     rows = real_films(held_out)
     patients = rows["patient_id"].astype(str).to_numpy()
     in_half_a = patient_halves(patients, seed)
+    if autoencoder is not None:
+        from xray_generator.models.autoencoder import load_autoencoder
+        from xray_generator.weights import sha256_file
+
+        weights_file = Path(autoencoder) / "diffusion_pytorch_model.safetensors"
+        real = load_real(rows, data_dir)
+        b_index = np.flatnonzero(~in_half_a)
+        other = roundtrip_images(load_autoencoder(autoencoder), [real[i] for i in b_index])
+        sets = RealismSets(real, patients, in_half_a, other, patients[b_index], "a",
+                           f"round trip through the autoencoder in {autoencoder} (posterior mean, 8-bit, fp32) of the real films of half B",
+                           rows["split"].to_numpy()[b_index])
+        return sets, {"image_size": real[0].shape[0], "precision": "fp32", "autoencoder": str(autoencoder)}, sha256_file(weights_file)
     generator = generator if generator is not None else load_generator(model)
     if roundtrip:
         if FAMILY_KINDS.get(model) != "text-to-image":
@@ -398,7 +448,8 @@ def judged_sets(model: str, roundtrip: bool, n: int, seed: int, data_dir=None, b
         b_index = np.flatnonzero(~in_half_a)
         other = roundtrip_images(generator, [real[i] for i in b_index])
         sets = RealismSets(real, patients, in_half_a, other, patients[b_index], "a",
-                           f"{model} autoencoder round trip (posterior mean, 8-bit) of the real films of half B")
+                           f"{model} autoencoder round trip (posterior mean, 8-bit) of the real films of half B",
+                           rows["split"].to_numpy()[b_index])
         return sets, {"image_size": real[0].shape[0], "precision": getattr(generator, "precision", None)}, pipe_weights_sha256(generator)
     settings = EvaluationSettings(n=n, seed=seed, batch_size=batch_size, steps=steps)
     drawn = draw_samples(model, generator, held_out, settings, data_dir)
@@ -415,11 +466,18 @@ def realism_file_name(model: str, roundtrip: bool) -> str:
 
 
 def run_realism(model: str = "ldm", roundtrip: bool = False, n: int = 600, seed: int = 0, cnn: bool = True,
-                out_dir: str | Path | None = None, data_dir=None, generator=None, steps: int | None = None) -> dict:
-    """Judge one set against the real held-out films; write `outputs/metrics/realism_<model>[_roundtrip].json`."""
+                out_dir: str | Path | None = None, data_dir=None, generator=None, steps: int | None = None,
+                autoencoder: str | Path | None = None) -> dict:
+    """Judge one set against the real held-out films; write `outputs/metrics/realism_<model>[_roundtrip].json`.
+
+    With `autoencoder` (a folder), the file is `realism_<folder name>_roundtrip.json`.
+    """
     started = time.time()
     out_dir = Path(out_dir) if out_dir is not None else outputs_dir() / "metrics"
-    sets, run_settings, weights_sha256 = judged_sets(model, roundtrip, n, seed, data_dir, generator=generator, steps=steps)
+    sets, run_settings, weights_sha256 = judged_sets(model, roundtrip, n, seed, data_dir, generator=generator, steps=steps,
+                                                     autoencoder=autoencoder)
+    if autoencoder is not None:
+        model, roundtrip = Path(autoencoder).name, True
     metrics, spectra = realism_metrics(sets, seed=seed, cnn=cnn)
     name = f"{model} round trip" if roundtrip else model
     return write_metrics_json(
@@ -479,6 +537,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default="ldm", help=f"generator family: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
     parser.add_argument("--roundtrip", action="store_true", help="judge the model's autoencoder round trip of real films instead (ldm only)")
+    parser.add_argument("--autoencoder", default=None, help="an AutoencoderKL folder (config.json + safetensors): judge its round trip instead")
     parser.add_argument("--n", type=int, default=600, help="generated images (default 600; the same plan and cache as `evaluate`)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cnn", action="store_true", help="skip the CNN detector (it trains 2 x 3 small networks)")
@@ -490,7 +549,7 @@ def run_from_args(args: argparse.Namespace) -> dict:
     if not 20 <= args.n <= 100_000:
         raise ValueError(f"--n must be between 20 and 100000, got {args.n}")
     document = run_realism(args.model, roundtrip=args.roundtrip, n=args.n, seed=args.seed, cnn=not args.no_cnn,
-                           out_dir=args.out, data_dir=args.data_dir)
+                           out_dir=args.out, data_dir=args.data_dir, autoencoder=args.autoencoder)
     folder = Path(args.out) if args.out else outputs_dir() / "metrics"
     plot_power_spectra(load_realism_documents(folder), folder / "realism_spectrum.png")
     for metric in document["metrics"]:

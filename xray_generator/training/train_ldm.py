@@ -30,7 +30,7 @@ from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
 from xray_generator.models.autoencoder import load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
-from xray_generator.models.unet import build_unet
+from xray_generator.models.unet import build_unet, copy_matching_tensors
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, agreed, check_ranks_agree, process_slice
@@ -160,6 +160,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
     shift, scale = latent_statistics(train_latents)
     shipped = None
+    if config.get("init_from") and config.get("warm_start_from"):
+        raise ValueError("init_from (same autoencoder) and warm_start_from (a new one) exclude each other")
     if config.get("init_from"):
         # Fine-tuning a shipped pipeline (verified against its MANIFEST) on this data: its UNet learned
         # latents of exactly this encoder, normalised by its own statistics. New statistics (the data
@@ -175,6 +177,14 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         unet.load_state_dict(shipped.unet.float().state_dict(), strict=True)
         projection.load_state_dict(shipped.text_projection.float().state_dict(), strict=True)
         del shipped
+    elif config.get("warm_start_from") and not resume:
+        # A new autoencoder: its own latent statistics (above), and the UNet's inner layers and the text
+        # projection from a trained pipeline, which already know anatomy and the prompts' words.
+        source = XRayDiffusionPipeline.from_pretrained(config["warm_start_from"], text_encoder=encoder, torch_dtype=torch.float32)
+        fresh = copy_matching_tensors(unet, source.unet.float().state_dict())
+        projection.load_state_dict(source.text_projection.float().state_dict(), strict=True)
+        del source
+        print(f"warm start from {config['warm_start_from']}: all but {len(fresh)} UNet tensors ({', '.join(fresh)})", flush=True)
     noise_scheduler = DDPMScheduler(**config["scheduler"])
     params = list(unet.parameters()) + list(projection.parameters())
     opt = torch.optim.AdamW(params, lr=train_cfg["lr"], betas=(0.9, 0.999), weight_decay=train_cfg.get("weight_decay", 0.01))
