@@ -57,6 +57,14 @@ def test_vae_trainer_checkpoints_and_resumes(vae_run):
     assert not list(vae_run.glob(".step-*.partial"))
 
 
+def test_vae_trainer_refuses_a_crop_larger_than_the_smallest_film_before_training(tmp_path):
+    config = tiny_config("vae_tiny.json", max_steps=1)
+    config["data"]["full_crop_size"] = 4096
+    with pytest.raises(ValueError, match="full_crop_size is 4096 px but the smallest training film is"):
+        train_vae.train_vae(config, tmp_path / "run", data_dir=SAMPLE)
+    assert CheckpointDir(tmp_path / "run").latest() is None
+
+
 @pytest.mark.precision
 def test_vae_export_is_a_diffusers_folder(vae_run, tmp_path):
     from diffusers import AutoencoderKL

@@ -430,8 +430,10 @@ def judged_sets(model: str, roundtrip: bool, n: int, seed: int, data_dir=None, b
     in_half_a = patient_halves(patients, seed)
     if autoencoder is not None:
         from xray_generator.models.autoencoder import load_autoencoder
-        from xray_generator.weights import sha256_file
+        from xray_generator.weights import MANIFEST_NAME, sha256_file, verify_manifest
 
+        if (Path(autoencoder) / MANIFEST_NAME).is_file():  # a shipped folder: its files must match their sha256
+            verify_manifest(autoencoder)
         weights_file = Path(autoencoder) / "diffusion_pytorch_model.safetensors"
         real = load_real(rows, data_dir)
         b_index = np.flatnonzero(~in_half_a)

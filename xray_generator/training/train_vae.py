@@ -157,6 +157,11 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         crops = LatentCropDataset(images, means, stds, data_cfg["crop_size"] // factor, factor, length=10**9, seed=train_cfg.get("seed", 0))
         frames = LatentCropDataset(images, means, stds, data_cfg["full_crop_size"] // factor, factor, length=10**9, seed=train_cfg.get("seed", 0) + 1)
     else:
+        # A crop larger than a film would be the whole (smaller) film, and a batch of unequal films cannot be stacked.
+        smallest = min(min(image.shape) for image in images)
+        for key in ("crop_size", "full_crop_size"):
+            if data_cfg[key] > smallest:
+                raise ValueError(f"data.{key} is {data_cfg[key]} px but the smallest training film is {smallest} px: use at most {smallest}")
         crops = RandomCropDataset(images, data_cfg["crop_size"], length=10**9, seed=train_cfg.get("seed", 0))
         frames = RandomCropDataset(images, data_cfg["full_crop_size"], length=10**9, seed=train_cfg.get("seed", 0) + 1)
     crop_loader = DataLoader(crops, batch_size=train_cfg["batch_size"], num_workers=0)
