@@ -434,25 +434,25 @@ def judged_sets(model: str, roundtrip: bool, n: int, seed: int, data_dir=None, b
 
         if (Path(autoencoder) / MANIFEST_NAME).is_file():  # a shipped folder: its files must match their sha256
             verify_manifest(autoencoder)
-        weights_file = Path(autoencoder) / "diffusion_pytorch_model.safetensors"
-        real = load_real(rows, data_dir)
-        b_index = np.flatnonzero(~in_half_a)
-        other = roundtrip_images(load_autoencoder(autoencoder), [real[i] for i in b_index])
-        sets = RealismSets(real, patients, in_half_a, other, patients[b_index], "a",
-                           f"round trip through the autoencoder in {autoencoder} (posterior mean, 8-bit, fp32) of the real films of half B",
-                           rows["split"].to_numpy()[b_index])
-        return sets, {"image_size": real[0].shape[0], "precision": "fp32", "autoencoder": str(autoencoder)}, sha256_file(weights_file)
-    generator = generator if generator is not None else load_generator(model)
-    if roundtrip:
+        source, what = load_autoencoder(autoencoder), f"the autoencoder in {autoencoder} (fp32)"
+        run_settings = {"precision": "fp32", "autoencoder": str(autoencoder)}
+        weights_sha256 = sha256_file(Path(autoencoder) / "diffusion_pytorch_model.safetensors")
+    else:
+        generator = generator if generator is not None else load_generator(model)
+    if roundtrip and autoencoder is None:
         if FAMILY_KINDS.get(model) != "text-to-image":
             raise ValueError(f"--roundtrip applies to the latent diffusion model's autoencoder, not to {model}")
+        source, what = generator, f"the {model} autoencoder"
+        run_settings = {"precision": getattr(generator, "precision", None)}
+        weights_sha256 = pipe_weights_sha256(generator)
+    if roundtrip or autoencoder is not None:
         real = load_real(rows, data_dir)
         b_index = np.flatnonzero(~in_half_a)
-        other = roundtrip_images(generator, [real[i] for i in b_index])
+        other = roundtrip_images(source, [real[i] for i in b_index])
         sets = RealismSets(real, patients, in_half_a, other, patients[b_index], "a",
-                           f"{model} autoencoder round trip (posterior mean, 8-bit) of the real films of half B",
+                           f"round trip through {what} (posterior mean, 8-bit) of the real films of half B",
                            rows["split"].to_numpy()[b_index])
-        return sets, {"image_size": real[0].shape[0], "precision": getattr(generator, "precision", None)}, pipe_weights_sha256(generator)
+        return sets, {"image_size": real[0].shape[0], **run_settings}, weights_sha256
     settings = EvaluationSettings(n=n, seed=seed, batch_size=batch_size, steps=steps)
     drawn = draw_samples(model, generator, held_out, settings, data_dir)
     size = drawn.generated[0].shape[0]
