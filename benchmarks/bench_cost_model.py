@@ -99,7 +99,7 @@ def main() -> None:
 
     pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=torch.float32)
     settings = pipe.resolve_settings()
-    latent = (pipe.unet.config.in_channels, settings["height"] // 8, settings["width"] // 8)
+    latent = (pipe.unet.config.in_channels, settings["height"] // pipe.vae_scale_factor, settings["width"] // pipe.vae_scale_factor)
     states, mask = pipe.encode_prompt([PROMPT])
     timestep = torch.tensor(500)
     generator = torch.Generator().manual_seed(0)

@@ -1,10 +1,11 @@
-"""The image autoencoder: a 1-channel diffusers `AutoencoderKL` with 8x spatial compression."""
+"""The image autoencoder: a 1-channel diffusers `AutoencoderKL` (the shipped one compresses 8x per side)."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder
 from safetensors.torch import load_file
@@ -31,12 +32,67 @@ DEFAULT_AUTOENCODER_CONFIG: dict = {
 # deeper decoder keeps the latent space a trained UNet depends on, and a deeper encoder
 # (`layers_per_block` raised, `decoder_layers_per_block` kept) keeps generation unchanged.
 DECODER_DEPTH_KEY = "decoder_layers_per_block"
+# The second extension, `latent_packing` r: the latent the rest of the project sees is the
+# autoencoder's own latent pixel-unshuffled by r, (C, H, W) -> (C r², H/r, W/r). A 4x autoencoder
+# with 4 channels at 64x64 then hands the UNet 16 channels at 32x32: the UNet costs what it does on
+# an 8x latent, while the autoencoder keeps 4x spatial detail. It is a fixed permutation of the
+# same numbers, so the KL term and the posterior are unchanged, and a model trained without
+# packing gets it by `pack_latents` with the same weights.
+LATENT_PACKING_KEY = "latent_packing"
+
+
+class _PackingQuantConv(torch.nn.Conv2d):
+    """quant_conv, then pixel-unshuffle of its moments.
+
+    The moments are [mean (C), log-variance (C)]; pixel-unshuffle keeps each channel's r² offsets
+    together (channel c -> c r² ... c r² + r² - 1), so the mean still comes first and diffusers'
+    `DiagonalGaussianDistribution` splits the packed moments correctly.
+    """
+
+    def __init__(self, conv: torch.nn.Conv2d, factor: int):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        self.load_state_dict(conv.state_dict())
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(super().forward(x), self.factor)
+
+
+class _UnpackingPostQuantConv(torch.nn.Conv2d):
+    """Pixel-shuffle of a packed latent back to the autoencoder's own grid, then post_quant_conv."""
+
+    def __init__(self, conv: torch.nn.Conv2d, factor: int):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        self.load_state_dict(conv.state_dict())
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pixel_shuffle(x, self.factor))
+
+
+def pack_latents(autoencoder: AutoencoderKL, factor: int) -> AutoencoderKL:
+    """Make `autoencoder` encode to (and decode from) latents pixel-unshuffled by `factor`, in place.
+
+    The weights are untouched (the convolutions keep their parameter names), so a checkpoint
+    trained without packing loads into a packed model and the reverse.
+    """
+    if factor == 1 or getattr(autoencoder.config, LATENT_PACKING_KEY, 1) == factor:
+        return autoencoder
+    if getattr(autoencoder.config, LATENT_PACKING_KEY, 1) != 1:
+        raise ValueError("this autoencoder's latents are packed already")
+    if autoencoder.quant_conv is None or autoencoder.post_quant_conv is None:
+        raise ValueError("latent packing needs the autoencoder's quant_conv and post_quant_conv")
+    autoencoder.quant_conv = _PackingQuantConv(autoencoder.quant_conv, factor)
+    autoencoder.post_quant_conv = _UnpackingPostQuantConv(autoencoder.post_quant_conv, factor)
+    autoencoder.register_to_config(**{LATENT_PACKING_KEY: factor})
+    return autoencoder
 
 
 def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
     """An untrained autoencoder from an architecture dict (defaults to the shipped one)."""
     config = dict(config or DEFAULT_AUTOENCODER_CONFIG)
     decoder_layers = config.pop(DECODER_DEPTH_KEY, None)
+    packing = config.pop(LATENT_PACKING_KEY, 1)
     autoencoder = AutoencoderKL(**config)
     if decoder_layers is not None and decoder_layers != autoencoder.config.layers_per_block:
         cfg = autoencoder.config
@@ -51,7 +107,7 @@ def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
             mid_block_add_attention=cfg.mid_block_add_attention,
         )
         autoencoder.register_to_config(**{DECODER_DEPTH_KEY: decoder_layers})
-    return autoencoder
+    return pack_latents(autoencoder, packing)
 
 
 def load_autoencoder(folder: str | Path) -> AutoencoderKL:
@@ -94,4 +150,10 @@ def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None
 
 
 def downsampling_factor(autoencoder: AutoencoderKL) -> int:
-    return 2 ** (len(autoencoder.config.block_out_channels) - 1)
+    """Image pixels per latent pixel along each side, as the UNet sees the latent (packing included)."""
+    return 2 ** (len(autoencoder.config.block_out_channels) - 1) * getattr(autoencoder.config, LATENT_PACKING_KEY, 1)
+
+
+def latent_channels(autoencoder: AutoencoderKL) -> int:
+    """Channels of the latent the UNet sees (packing included)."""
+    return autoencoder.config.latent_channels * getattr(autoencoder.config, LATENT_PACKING_KEY, 1) ** 2

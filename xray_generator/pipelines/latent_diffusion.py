@@ -30,7 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from xray_generator.models.autoencoder import load_autoencoder
+from xray_generator.models.autoencoder import downsampling_factor, load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
 from xray_generator.pipelines.runtime import RuntimeModels, check_backend, default_backend, load_runtime
 from xray_generator.precision import cpu_precision
@@ -109,7 +109,7 @@ def check_prompt_text(text: str, what: str = "prompt") -> None:
 
 def seeded_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     """Initial noise of a batch, each image's drawn from its own seed, so an image's noise never depends on its batch-mates."""
-    shape = (1, pipe.unet.config.in_channels, height // 8, width // 8)
+    shape = (1, pipe.unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(seed))) for seed in seeds])
 
 
@@ -164,7 +164,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
     @property
     def vae_scale_factor(self) -> int:
         """Image pixels per latent pixel along each side (8 for the shipped autoencoder)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return downsampling_factor(self.vae)
 
     def resolve_settings(self, **given: Any) -> dict:
         """The generation settings a call runs with: each value given, else this model's default (pipeline.json).
@@ -415,7 +415,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"guidance_fraction must be a number above 0 and at most 1, got {guidance_fraction!r}")
         if not _is_int(num_images_per_prompt) or not 1 <= num_images_per_prompt * len(prompts) <= MAX_IMAGES_PER_CALL:
             raise ValueError(f"num_images_per_prompt must be a positive integer, at most {MAX_IMAGES_PER_CALL} images per call")
-        factor = 2 ** (len(self.vae.config.block_out_channels) - 1) * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        factor = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         for name, value in (("height", height), ("width", width)):
             if not _is_int(value) or value < factor or value % factor or value > 1024:
                 raise ValueError(f"{name} must be a multiple of {factor} between {factor} and 1024, got {value!r}")
@@ -527,7 +527,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         text_states, text_mask = self.guidance_text_states(batch_prompts, negatives, use_guidance)
 
         # 2. Prepare the initial noise.
-        shape = (len(batch_prompts), self.unet.config.in_channels, height // 8, width // 8)
+        shape = (len(batch_prompts), self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
         elif tuple(latents.shape) != shape:

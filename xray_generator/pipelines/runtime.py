@@ -24,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from xray_generator.models.autoencoder import LATENT_PACKING_KEY, latent_channels
+
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # The packages each runtime backend needs (import name, pip requirement).
 BACKEND_PACKAGES = {"onnxruntime": ("onnxruntime", "onnxruntime==1.31.1"), "openvino": ("openvino", "openvino==2026.4.1")}
@@ -108,7 +110,10 @@ class _DecoderGraph(torch.nn.Module):
 
 def export_key(unet: torch.nn.Module, vae: torch.nn.Module, text_length: int, latent_size: tuple[int, int]) -> str:
     """The cache key of an export: the weights' sha256 and everything else the graph depends on."""
-    recipe = json.dumps({"recipe": EXPORT_RECIPE, "torch": torch.__version__, "text_length": text_length, "latent_size": list(latent_size)})
+    graph = {"recipe": EXPORT_RECIPE, "torch": torch.__version__, "text_length": text_length, "latent_size": list(latent_size)}
+    if getattr(vae.config, LATENT_PACKING_KEY, 1) != 1:  # packing changes the decoder's graph, not its tensors
+        graph["latent_packing"] = vae.config.latent_packing
+    recipe = json.dumps(graph)
     weights = tensors_sha256(unet, vae.post_quant_conv if vae.post_quant_conv is not None else torch.nn.Identity(), vae.decoder)
     return hashlib.sha256(f"{weights}|{recipe}".encode()).hexdigest()[:24]
 
@@ -149,7 +154,7 @@ def export_onnx_models(unet: torch.nn.Module, vae: torch.nn.Module, folder: Path
             del graph
         if not (folder / "decoder.onnx").is_file():
             graph = _DecoderGraph(copy.deepcopy(vae).float().to(memory_format=torch.contiguous_format)).eval()
-            _export_onnx(graph, (torch.randn(1, vae.config.latent_channels, height, width),), ("latents",), "image", folder / "decoder.onnx")
+            _export_onnx(graph, (torch.randn(1, latent_channels(vae), height, width),), ("latents",), "image", folder / "decoder.onnx")
             del graph
     return folder
 
