@@ -67,13 +67,24 @@ def test_a_fine_tune_refuses_an_autoencoder_whose_encoder_is_not_the_shipped_one
         train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
 
 
-def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_but_its_first_and_last_convolution(shipped, tmp_path):
+@pytest.mark.parametrize("latent", ["wider", "packed"])
+def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_but_its_first_and_last_convolution(shipped, tmp_path, latent):
+    """`wider`: twice the latent channels at the same grid (vae_f8c16). `packed`: a 4x autoencoder whose
+    latent is pixel-unshuffled 2x2 (vae_f4c4), so the UNet sees the same grid with 4x its channels."""
+    from xray_generator.models.autoencoder import latent_channels
     from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 
     weights, config, root = shipped
     wider = tiny_config("vae_tiny.json", max_steps=1)
-    channels = wider["model"]["latent_channels"] * 2
-    wider["model"]["latent_channels"] = channels
+    if latent == "wider":
+        wider["model"]["latent_channels"] *= 2
+    else:
+        levels = len(wider["model"]["block_out_channels"]) - 1
+        for key in ("block_out_channels", "down_block_types", "up_block_types"):
+            wider["model"][key] = wider["model"][key][:levels]
+        wider["model"]["latent_channels"] //= 2
+        wider["model"]["latent_packing"] = 2
+    channels = wider["model"]["latent_channels"] * wider["model"].get("latent_packing", 1) ** 2
     train_vae.train_vae(wider, tmp_path / "vae_run", data_dir=SAMPLE)
     new = json.loads(json.dumps(config))
     new["unet"].update(in_channels=channels, out_channels=channels)
@@ -83,7 +94,11 @@ def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_
     train_ldm.train_ldm(new, tmp_path / "run", data_dir=SAMPLE)
     tuned = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(tmp_path / "run", tmp_path / "exported"), torch_dtype=torch.float32)
     original = XRayDiffusionPipeline.from_pretrained(weights, torch_dtype=torch.float32)
-    assert tuned.unet.config.in_channels == channels and tuned.vae.config.latent_channels == channels
+    assert tuned.unet.config.in_channels == channels and latent_channels(tuned.vae) == channels
+    assert tuned.vae_scale_factor == 8
+    # the same weights packed or not give differently laid-out latents: never one cache for both
+    caches = [folder.name for folder in (tmp_path / "cache").iterdir() if folder.name.startswith("vae-")]
+    assert caches and all(("_packed2_" in name) == (latent == "packed") for name in caches)
     theirs = original.unet.state_dict()
     fresh = {name for name, tensor in tuned.unet.state_dict().items() if not (name in theirs and torch.equal(tensor, theirs[name]))}
     assert fresh == {"conv_in.weight", "conv_out.weight", "conv_out.bias"}  # conv_in.bias keeps its shape

@@ -28,7 +28,7 @@ from xray_generator.data.prompts import prompt_variants
 from xray_generator.distributed import check_launch
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
-from xray_generator.models.autoencoder import load_autoencoder
+from xray_generator.models.autoencoder import LATENT_PACKING_KEY, load_autoencoder
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet, copy_matching_tensors
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
@@ -62,7 +62,10 @@ def latent_cache_dir(base: str | Path, autoencoder_dir: str | Path, train_manife
     decoder fine-tune share one cache, and any change to either encodes anew.
     """
     vae_digest = sha256_file(Path(autoencoder_dir) / "diffusion_pytorch_model.safetensors")[:12]
-    return Path(base) / f"vae-{vae_digest}_data-{_manifest_digest(train_manifest)}"
+    # Packing lays the same weights' latents out differently (models/autoencoder.py), so it is part of the key.
+    packing = json.loads((Path(autoencoder_dir) / "config.json").read_text()).get(LATENT_PACKING_KEY, 1)
+    packed = f"_packed{packing}" if packing != 1 else ""
+    return Path(base) / f"vae-{vae_digest}{packed}_data-{_manifest_digest(train_manifest)}"
 
 
 @torch.no_grad()
