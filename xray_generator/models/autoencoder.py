@@ -157,3 +157,13 @@ def downsampling_factor(autoencoder: AutoencoderKL) -> int:
 def latent_channels(autoencoder: AutoencoderKL) -> int:
     """Channels of the latent the UNet sees (packing included)."""
     return autoencoder.config.latent_channels * getattr(autoencoder.config, LATENT_PACKING_KEY, 1) ** 2
+
+
+def latent_description(autoencoder: AutoencoderKL) -> str:
+    """e.g. "8x compression, 8 latent channels" or "4x compression, 4 latent channels packed 2x2 into 16 at 8x"."""
+    config = autoencoder.config
+    own = f"{2 ** (len(config.block_out_channels) - 1)}x compression, {config.latent_channels} latent channels"
+    packing = getattr(config, LATENT_PACKING_KEY, 1)
+    if packing == 1:
+        return own
+    return f"{own} packed {packing}x{packing} into {latent_channels(autoencoder)} at {downsampling_factor(autoencoder)}x"
