@@ -41,7 +41,16 @@ DECODER_DEPTH_KEY = "decoder_layers_per_block"
 LATENT_PACKING_KEY = "latent_packing"
 
 
-class _PackingQuantConv(torch.nn.Conv2d):
+class _LatentPackingConv(torch.nn.Conv2d):
+    """A copy of one of the autoencoder's 1x1 convolutions (same parameter names) with a fixed packing factor."""
+
+    def __init__(self, conv: torch.nn.Conv2d, factor: int):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        self.load_state_dict(conv.state_dict())
+        self.factor = factor
+
+
+class _PackingQuantConv(_LatentPackingConv):
     """quant_conv, then pixel-unshuffle of its moments.
 
     The moments are [mean (C), log-variance (C)]; pixel-unshuffle keeps each channel's r² offsets
@@ -49,22 +58,12 @@ class _PackingQuantConv(torch.nn.Conv2d):
     `DiagonalGaussianDistribution` splits the packed moments correctly.
     """
 
-    def __init__(self, conv: torch.nn.Conv2d, factor: int):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-        self.load_state_dict(conv.state_dict())
-        self.factor = factor
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(super().forward(x), self.factor)
 
 
-class _UnpackingPostQuantConv(torch.nn.Conv2d):
+class _UnpackingPostQuantConv(_LatentPackingConv):
     """Pixel-shuffle of a packed latent back to the autoencoder's own grid, then post_quant_conv."""
-
-    def __init__(self, conv: torch.nn.Conv2d, factor: int):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding)
-        self.load_state_dict(conv.state_dict())
-        self.factor = factor
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(F.pixel_shuffle(x, self.factor))
