@@ -69,15 +69,20 @@ class _UnpackingPostQuantConv(_LatentPackingConv):
         return super().forward(F.pixel_shuffle(x, self.factor))
 
 
+def latent_packing(autoencoder: AutoencoderKL) -> int:
+    """The autoencoder's packing factor (1: its latent is handed on as it is)."""
+    return getattr(autoencoder.config, LATENT_PACKING_KEY, 1)
+
+
 def pack_latents(autoencoder: AutoencoderKL, factor: int) -> AutoencoderKL:
     """Make `autoencoder` encode to (and decode from) latents pixel-unshuffled by `factor`, in place.
 
     The weights are untouched (the convolutions keep their parameter names), so a checkpoint
     trained without packing loads into a packed model and the reverse.
     """
-    if factor == 1 or getattr(autoencoder.config, LATENT_PACKING_KEY, 1) == factor:
+    if factor == 1 or latent_packing(autoencoder) == factor:
         return autoencoder
-    if getattr(autoencoder.config, LATENT_PACKING_KEY, 1) != 1:
+    if latent_packing(autoencoder) != 1:
         raise ValueError("this autoencoder's latents are packed already")
     if autoencoder.quant_conv is None or autoencoder.post_quant_conv is None:
         raise ValueError("latent packing needs the autoencoder's quant_conv and post_quant_conv")
@@ -150,19 +155,19 @@ def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None
 
 def downsampling_factor(autoencoder: AutoencoderKL) -> int:
     """Image pixels per latent pixel along each side, as the UNet sees the latent (packing included)."""
-    return 2 ** (len(autoencoder.config.block_out_channels) - 1) * getattr(autoencoder.config, LATENT_PACKING_KEY, 1)
+    return 2 ** (len(autoencoder.config.block_out_channels) - 1) * latent_packing(autoencoder)
 
 
 def latent_channels(autoencoder: AutoencoderKL) -> int:
     """Channels of the latent the UNet sees (packing included)."""
-    return autoencoder.config.latent_channels * getattr(autoencoder.config, LATENT_PACKING_KEY, 1) ** 2
+    return autoencoder.config.latent_channels * latent_packing(autoencoder) ** 2
 
 
 def latent_description(autoencoder: AutoencoderKL) -> str:
     """e.g. "8x compression, 8 latent channels" or "4x compression, 4 latent channels packed 2x2 into 16 at 8x"."""
     config = autoencoder.config
     own = f"{2 ** (len(config.block_out_channels) - 1)}x compression, {config.latent_channels} latent channels"
-    packing = getattr(config, LATENT_PACKING_KEY, 1)
+    packing = latent_packing(autoencoder)
     if packing == 1:
         return own
     return f"{own} packed {packing}x{packing} into {latent_channels(autoencoder)} at {downsampling_factor(autoencoder)}x"

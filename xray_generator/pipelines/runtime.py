@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xray_generator.models.autoencoder import LATENT_PACKING_KEY, latent_channels
+from xray_generator.models.autoencoder import latent_channels, latent_packing
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # The packages each runtime backend needs (import name, pip requirement).
@@ -111,8 +111,8 @@ class _DecoderGraph(torch.nn.Module):
 def export_key(unet: torch.nn.Module, vae: torch.nn.Module, text_length: int, latent_size: tuple[int, int]) -> str:
     """The cache key of an export: the weights' sha256 and everything else the graph depends on."""
     graph = {"recipe": EXPORT_RECIPE, "torch": torch.__version__, "text_length": text_length, "latent_size": list(latent_size)}
-    if getattr(vae.config, LATENT_PACKING_KEY, 1) != 1:  # packing changes the decoder's graph, not its tensors
-        graph["latent_packing"] = vae.config.latent_packing
+    if latent_packing(vae) != 1:  # packing changes the decoder's graph, not its tensors
+        graph["latent_packing"] = latent_packing(vae)
     recipe = json.dumps(graph)
     weights = tensors_sha256(unet, vae.post_quant_conv if vae.post_quant_conv is not None else torch.nn.Identity(), vae.decoder)
     return hashlib.sha256(f"{weights}|{recipe}".encode()).hexdigest()[:24]
