@@ -73,6 +73,28 @@ def test_vae_export_is_a_diffusers_folder(vae_run, tmp_path):
     assert AutoencoderKL.from_pretrained(out, use_safetensors=True).config.latent_channels == 4
 
 
+def test_an_exported_autoencoder_carries_its_card_log_and_manifest_and_refuses_tampering(vae_run, tmp_path):
+    from xray_generator.models.autoencoder import load_autoencoder
+    from xray_generator.weights import WeightsError
+
+    latest = int(CheckpointDir(vae_run).latest().name.split("-")[1])
+    out = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder", step=latest)
+    card = (out / "README.md").read_text()
+    assert "Research use only, not for clinical use" in card and f"step {latest:,}" in card and "4 latent channels" in card
+    with open(out / "training_log.csv") as handle:
+        assert max(int(row["step"]) for row in csv.DictReader(handle)) <= latest
+    load_autoencoder(out)  # verified against MANIFEST.json
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 999999 .*kept: step-"):
+        train_vae.export_autoencoder(vae_run, tmp_path / "other", step=999999)
+    assert not (tmp_path / "other").exists()
+    weights = out / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="does not match its sha256"):
+        load_autoencoder(out)
+
+
 @pytest.mark.precision
 def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
     from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
@@ -398,7 +420,7 @@ def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_e
     source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
     config = tiny_config("vae_tiny.json", max_steps=3, freeze_encoder=True, latent_crops=True, perceptual_weight=0.5,
                          ssim_weight=0.0, gradient_weight=0.0, kl_weight=0.0, adversarial_weight=0.5,
-                         adaptive_adversarial_weight=True, discriminator_highpass=True,
+                         adaptive_adversarial_weight=True, discriminator_highpass=True, amplitude_weight=0.5,
                          discriminator_from_step=0, adversarial_from_step=1)
     config["init_from"], config["cache_dir"] = str(source_dir), str(tmp_path / "cache")
     state = train_vae.train_vae(config, tmp_path / "gan_run", data_dir=SAMPLE)
@@ -408,7 +430,7 @@ def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_e
         rows = list(csv.DictReader(handle))
     assert float(rows[0]["adv_weight"]) == 0.0 and float(rows[0]["adv_d"]) > 0.0  # discriminator warms up alone
     assert all(float(row["adv_weight"]) > 0.0 for row in rows[1:])  # then the adaptive weight enters
-    assert float(rows[-1]["perc_term"]) > 0.0
+    assert float(rows[-1]["perc_term"]) > 0.0 and float(rows[-1]["amp_term"]) > 0.0
     assert float(rows[-1]["val_band_gap"]) >= 0.0
     tuned, source = load_autoencoder(train_vae.export_autoencoder(tmp_path / "gan_run", tmp_path / "tuned")), load_autoencoder(source_dir)
     assert train_ldm.same_part(tuned, source, train_ldm.ENCODER_PARTS)
@@ -431,3 +453,27 @@ def test_the_high_pass_discriminator_sees_the_laplacian_and_the_adaptive_weight_
     layer = torch.nn.Parameter(torch.ones(3))
     rec, gen = (layer * 2.0).sum(), (layer * 0.5).sum()  # gradients of norm 2*sqrt(3) and 0.5*sqrt(3)
     assert adaptive_adversarial_weight(rec, gen, layer).item() == pytest.approx(4.0, rel=1e-3)
+
+
+def test_the_local_amplitude_loss_asks_for_detail_energy_but_not_its_exact_position():
+    """Phase-free: a film's texture shifted by a few pixels costs far less than the same film blurred,
+    while pixel L1 prefers the blur (the reason pixel losses give blurry reconstructions)."""
+    import torch
+    import torch.nn.functional as F
+
+    from xray_generator.training.losses import local_amplitude_loss
+
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.rand(2, 1, 72, 72, generator=generator) * 2.0 - 1.0
+    film = texture[..., 4:68, 4:68]
+    shifted = texture[..., 1:65, 2:66]  # the same texture, 3 px up and 2 px left
+    kernel = torch.ones(1, 1, 3, 3) / 9.0
+    blurred = F.conv2d(F.pad(film, (1, 1, 1, 1), mode="replicate"), kernel)
+    assert local_amplitude_loss(film, film).item() == 0.0
+    assert (blurred - film).abs().mean() < (shifted - film).abs().mean()  # L1 prefers the blur
+    assert local_amplitude_loss(shifted, film) < 0.5 * local_amplitude_loss(blurred, film)  # this loss does not
+    prediction = blurred.clone().requires_grad_(True)
+    local_amplitude_loss(prediction, film).backward()
+    assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ"):
+        local_amplitude_loss(film, film[..., :32])

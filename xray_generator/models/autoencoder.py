@@ -10,6 +10,8 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import Decoder
 from safetensors.torch import load_file
 
+from xray_generator.weights import MANIFEST_NAME, verify_manifest
+
 # The shipped architecture. Convolution-only (no mid-block attention) so that training on crops
 # transfers to full frames: every output pixel sees the same receptive field wherever it is.
 DEFAULT_AUTOENCODER_CONFIG: dict = {
@@ -121,6 +123,8 @@ def load_autoencoder(folder: str | Path) -> AutoencoderKL:
     so every loader in the project goes through here and loads the weights strictly.
     """
     folder = Path(folder)
+    if (folder / MANIFEST_NAME).is_file():  # an exported folder (train_vae export): its files must match their sha256
+        verify_manifest(folder)
     config = {key: value for key, value in AutoencoderKL.load_config(folder).items() if not key.startswith("_")}
     autoencoder = build_autoencoder(config)
     autoencoder.load_state_dict(load_file(str(folder / "diffusion_pytorch_model.safetensors")), strict=True)

@@ -2,6 +2,7 @@
 
 Loss = L1 + ssim_weight * (1 - SSIM) + gradient_weight * edge L1 + kl_weight * KL
        + perceptual_weight * classifier-feature distance
+       + amplitude_weight * local log-amplitude L1 (phase-free: detail energy without its exact position)
        (+ adversarial_weight [x adaptive weight] * PatchGAN hinge term after `adversarial_from_step`).
 
 The decoder recipe of the latent-diffusion autoencoder (Esser et al. 2021, Rombach et al. 2022):
@@ -32,14 +33,15 @@ from xray_generator.data.datasets import LatentCropDataset, RandomCropDataset, l
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.evaluation.realism import radial_power_spectrum, spectrum_band_gaps
-from xray_generator.models.autoencoder import build_autoencoder, downsampling_factor, load_autoencoder, warm_start_autoencoder
+from xray_generator.models.autoencoder import build_autoencoder, downsampling_factor, latent_description, load_autoencoder, warm_start_autoencoder
 from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
-from xray_generator.training.losses import PatchDiscriminator, adaptive_adversarial_weight, gradient_loss, hinge_discriminator_loss, ssim_loss
+from xray_generator.training.losses import (PatchDiscriminator, adaptive_adversarial_weight, gradient_loss, hinge_discriminator_loss,
+                                            local_amplitude_loss, ssim_loss)
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "perc_term", "kl", "latent_drift",
-              "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap"]
+              "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap", "amp_term"]
 
 
 def load_config(path: str | Path) -> dict:
@@ -213,6 +215,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         l1 = (rec - x).abs().mean()
         s_term = ssim_loss(rec, x)
         g_term = gradient_loss(rec, x)
+        a_term = local_amplitude_loss(rec, x) if train_cfg.get("amplitude_weight", 0.0) > 0 else torch.zeros(())
         p_term = torch.zeros(())
         if perceptual is not None:
             with accelerator.autocast():
@@ -222,7 +225,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             mean, logvar = posterior.mean.float(), posterior.logvar.float()
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
         rec_loss = (l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term
-                    + train_cfg.get("perceptual_weight", 0.0) * p_term)
+                    + train_cfg.get("perceptual_weight", 0.0) * p_term + train_cfg.get("amplitude_weight", 0.0) * a_term)
         loss = rec_loss + train_cfg["kl_weight"] * kl
         drift = torch.zeros(())
         if anchor is not None:
@@ -271,6 +274,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                 "loss": loss.item(), "l1": l1.item(), "ssim_term": s_term.item(), "grad_term": g_term.item(), "perc_term": p_term.item(),
                 "kl": kl.item(), "latent_drift": drift.item(), "adv_g": adv_g.item(), "adv_weight": adv_weight.item(), "adv_d": adv_d.item(), "lr": lr,
                 "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "", "val_band_gap": val[2] if val else "",
+                "amp_term": a_term.item(),
             })
         if out_of_time:
             break
@@ -278,33 +282,120 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     return state
 
 
-def export_autoencoder(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the latest checkpoint's EMA autoencoder as a diffusers folder (safetensors)."""
-    run_dir = Path(run_dir)
+def export_autoencoder(run_dir: str | Path, out_dir: str | Path, step: int | None = None, realism: str | Path | None = None) -> Path:
+    """Write a checkpoint's EMA autoencoder as a diffusers folder (safetensors), atomically.
+
+    The latest checkpoint unless `step` names another one still in the run folder. Beside the weights:
+    the run's loss log up to that step (`training_log.csv`), a card (`README.md`) and `MANIFEST.json`,
+    so the folder loads verified wherever it is copied. `realism` is a realism-test metrics file of
+    this export's round trip (`python -m xray_generator realism --autoencoder ...`), quoted in the card.
+    """
+    import shutil
+
+    from xray_generator.weights import fresh_staging_folder, replace_folder_atomically
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
     config = load_config(run_dir / "config.json")
-    latest = CheckpointDir(run_dir).latest()
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    checkpoints = CheckpointDir(run_dir)
+    chosen = checkpoints.latest() if step is None else run_dir / f"step-{step:08d}"
+    if chosen is None or not (chosen / "state.json").is_file():
+        kept = sorted(p.name for p in run_dir.glob("step-*"))
+        raise FileNotFoundError(f"no checkpoint {'' if step is None else f'for step {step} '}in {run_dir} (kept: {', '.join(kept) or 'none'})")
+    state = json.loads((chosen / "state.json").read_text())
     autoencoder = build_autoencoder(config["model"])
     ema = EMA(autoencoder)
-    ema.load_state_dict(load_file(str(latest / "ema.safetensors")))
+    ema.load_state_dict(load_file(str(chosen / "ema.safetensors")))
     ema.copy_to(autoencoder)
-    autoencoder.save_pretrained(out_dir, safe_serialization=True)
-    return Path(out_dir)
+    staging = fresh_staging_folder(out_dir)
+    try:
+        _write_autoencoder_folder(staging, autoencoder, config, state, run_dir / "log.csv", realism)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a half-written export never replaces a good one
+        raise
+    replace_folder_atomically(staging, out_dir)
+    return out_dir
+
+
+def _write_autoencoder_folder(staging: Path, autoencoder, config: dict, state: dict, log_path: Path, realism) -> None:
+    import csv
+
+    from xray_generator.weights import write_manifest
+
+    autoencoder.save_pretrained(staging, safe_serialization=True)
+    rows = []
+    if log_path.is_file():
+        with open(log_path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = [row for row in reader if int(float(row["step"])) <= state["step"]]
+            fields = reader.fieldnames or LOG_FIELDS
+        with open(staging / "training_log.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+    (staging / "README.md").write_text(autoencoder_card(autoencoder, config, state, rows, realism))
+    write_manifest(staging)
+
+
+def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict], realism: str | Path | None) -> str:
+    """The exported autoencoder's README: what it is, how it was trained (from its checkpoint and log) and,
+    given a realism metrics file of its round trip, how that round trip measures."""
+    from xray_generator.evaluation.report import read_metrics_json
+
+    train_cfg = config["train"]
+    params = sum(p.numel() for p in autoencoder.parameters())
+    decoder_params = sum(p.numel() for p in autoencoder.decoder.parameters()) + sum(p.numel() for p in autoencoder.post_quant_conv.parameters())
+    lines = [
+        "# Autoencoder (1-channel `AutoencoderKL`)", "",
+        "Research use only, not for clinical use. Everything it decodes is synthetic.", "",
+        f"- Latent: {latent_description(autoencoder)}; block widths {list(autoencoder.config.block_out_channels)}.",
+        f"- Parameters: {params:,} ({decoder_params:,} in the decoder).",
+        f"- Checkpoint: step {state['step']:,}, {state['samples_seen']:,} training crops seen, "
+        f"{state['wall_seconds'] / 3600:.2f} wall-hours of CPU training; run started {state.get('started') or 'unknown'}, "
+        f"this checkpoint written {state.get('updated') or 'unknown'} (UTC).",
+        f"- Validation at that step (EMA weights, {train_cfg.get('val_images', 32)} val films): "
+        + (f"PSNR {state['val_psnr']:.2f} dB, SSIM {state['val_ssim']:.4f}, worst spectrum band gap {state['val_band_gap']:.3f} log10."
+           if state.get("val_psnr") is not None else "not recorded."),
+        "- Loss: L1" + "".join(f" + {weight} x {name}" for name, weight in (
+            ("(1 - SSIM)", train_cfg.get("ssim_weight", 0)), ("edge L1", train_cfg.get("gradient_weight", 0)),
+            ("classifier-feature perceptual distance", train_cfg.get("perceptual_weight", 0)),
+            ("local log-amplitude L1", train_cfg.get("amplitude_weight", 0)), ("KL", train_cfg.get("kl_weight", 0))) if weight)
+        + (f" + hinge patch discriminator (weight {train_cfg['adversarial_weight']}"
+           f"{' x adaptive' if train_cfg.get('adaptive_adversarial_weight') else ''}, from step {train_cfg.get('adversarial_from_step')})"
+           if train_cfg.get("adversarial_weight") else "") + ".",
+        f"- Encoder {'frozen (decoder fine-tune of ' + str(config.get('init_from')) + ')' if train_cfg.get('freeze_encoder') else 'trained'}.",
+        f"- The loss log to this step is `training_log.csv` ({len(log_rows)} rows).", "",
+        "## How it was trained", "", config.get("_comment", "(no comment in the config)"), "",
+    ]
+    if realism is not None:
+        document = read_metrics_json(realism)
+        lines += ["## Round trip, measured", "",
+                  f"`{Path(realism).name}`, {document.get('date', '')}: {document.get('settings', {}).get('judged', '')}.", "",
+                  "| metric | value | 95 % CI | n | floor (real vs real) |", "|---|--:|--|--|--:|"]
+        for metric in document.get("metrics", []):
+            ci = f"[{metric['ci']['low']:.3f}, {metric['ci']['high']:.3f}]" if metric.get("ci") else ""
+            floor = metric.get("floor") or {}
+            n = metric.get("n")
+            n = ", ".join(f"{side} {count}" for side, count in n.items()) if isinstance(n, dict) else n
+            lines.append(f"| {metric['name']} | {metric['value']:.3f} | {ci} | {n} | "
+                         f"{'' if floor.get('value') is None else format(floor['value'], '.3f')} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub, help="train (or resume) the autoencoder")
-    export = sub.add_parser("export", help="write the latest EMA weights as a diffusers AutoencoderKL folder")
+    export = sub.add_parser("export", help="write a checkpoint's EMA weights as a verified diffusers AutoencoderKL folder with its card")
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True)
+    export.add_argument("--step", type=int, default=None, help="a checkpoint other than the latest (still in the run folder)")
+    export.add_argument("--realism", default=None, help="realism metrics JSON of this export's round trip, quoted in the card")
     args = parser.parse_args(argv)
     if args.command == "train":
         train_vae(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
     else:
-        print(export_autoencoder(args.run, args.out))
+        print(export_autoencoder(args.run, args.out, step=args.step, realism=args.realism))
 
 
 if __name__ == "__main__":
