@@ -68,6 +68,16 @@ def metrics_section(statuses) -> None:
             st.plotly_chart(figure, key="metrics_spectrum")
             st.caption("Synthetic images are the raw generator output. A set below the real curve at high frequencies "
                        "lacks fine structure (film texture, vessel edges, trabeculae).")
+    cues = studio.realism_cues(documents)
+    if not cues.empty:
+        with _ui.section("What gives a set away"):
+            cues = cues.assign(plus=cues["ci_high"] - cues["accuracy"], minus=cues["accuracy"] - cues["ci_low"])
+            figure = px.bar(cues, x="cue", y="accuracy", color="set", barmode="group", error_y="plus", error_y_minus="minus",
+                            hover_data=["n", "floor"], height=380, range_y=[0.4, 1.0],
+                            title="Realism test on each feature kind alone (0.5: indistinguishable; bars: 95 % CI)")
+            st.plotly_chart(figure, key="metrics_realism_cues")
+            st.caption("Each kind of feature judged alone, with the same classifiers and folds as the test. The real-vs-real "
+                       "floor of each is in the hover. The kind nearest 1.0 is what a generator must fix first.")
     st.subheader("Per model")
     for doc in documents:
         rows = table[table["model"] == doc["model"]]

@@ -191,6 +191,27 @@ def test_the_comparison_table_and_the_dashboard_read_the_realism_files(tiny_pipe
     spectra = studio.power_spectra(documents)
     assert set(spectra["set"]) == {"real held-out films (256 px)", f"ldm round trip (n={documents[0]['settings']['n_other']})"}
     assert len(spectra) == 2 * 128 and studio.metric_family("realism_c2st_accuracy") == "Realism"
+    # Each feature kind judged alone, beside the whole test, read back as the dashboard's cue chart.
+    groups = c2st["extra"]["per_feature_group"]
+    assert set(groups) == set(realism.FEATURE_GROUPS)
+    assert all(0.0 <= g["ci_low"] <= g["value"] <= g["ci_high"] <= 1.0 and 0.0 <= g["floor"] <= 1.0 for g in groups.values())
+    cues = studio.realism_cues(documents)
+    assert set(cues["cue"]) == {*realism.FEATURE_GROUPS, "all features (the test)"}
+    assert cues.loc[cues["cue"] == "all features (the test)", "accuracy"].item() == c2st["value"]
+    assert cues.loc[cues["cue"] == "gradient statistics", "accuracy"].item() == groups["gradient statistics"]["value"]
+
+
+def test_a_set_told_apart_by_one_feature_kind_alone_is_told_apart_by_that_kind(monkeypatch):
+    """Films with their intensities shifted differ only in the histogram: the intensity statistics alone find
+    them, the spectrum bands alone (blind to a constant offset) do not."""
+    rng = np.random.default_rng(0)
+    films = [np.clip(rng.normal(0.5, 0.08, (32, 32)), 0, 1).astype(np.float32) for _ in range(120)]
+    real, shifted = films[:60], [np.clip(f + 0.15, 0, 1).astype(np.float32) for f in films[60:]]
+    sets = realism.RealismSets(real + films[60:], np.array([f"p{i}" for i in range(120)]), np.arange(120) < 60, shifted, None, "all", "shifted")
+    metrics, _ = realism.realism_metrics(sets, seed=0, cnn=False)
+    groups = {m["name"]: m for m in metrics}["realism_c2st_accuracy"]["extra"]["per_feature_group"]
+    assert groups["intensity statistics"]["value"] > 0.95
+    assert groups["spectrum bands"]["value"] < 0.75
 
 
 def test_roundtrip_is_refused_for_a_family_without_an_autoencoder():

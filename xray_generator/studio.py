@@ -1121,6 +1121,24 @@ def power_spectra(documents: Sequence[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["frequency", "set", "log10_power"])
 
 
+def realism_cues(documents: Sequence[dict]) -> pd.DataFrame:
+    """Long table (set, cue, accuracy, CI, floor, n) of the realism test run on each feature kind alone,
+    as recorded in the realism metrics files (nothing is recomputed): which cue gives a set away."""
+    rows = []
+    for doc in documents:
+        for metric in doc.get("metrics", []):
+            groups = metric.get("extra", {}).get("per_feature_group") if metric.get("name") == "realism_c2st_accuracy" else None
+            for cue, result in (groups or {}).items():
+                n = metric.get("n") or {}
+                rows.append({"set": doc["model"], "cue": cue, "accuracy": result["value"], "ci_low": result["ci_low"],
+                             "ci_high": result["ci_high"], "floor": result["floor"], "n": n.get("other") if isinstance(n, dict) else n})
+            if groups:
+                rows.append({"set": doc["model"], "cue": "all features (the test)", "accuracy": metric["value"],
+                             "ci_low": metric["ci"]["low"], "ci_high": metric["ci"]["high"], "floor": (metric.get("floor") or {}).get("value"),
+                             "n": (metric.get("n") or {}).get("other") if isinstance(metric.get("n"), dict) else metric.get("n")})
+    return pd.DataFrame(rows, columns=["set", "cue", "accuracy", "ci_low", "ci_high", "floor", "n"])
+
+
 def metric_family(name: str) -> str:
     """Which dashboard group a metric name belongs to ('Other' when none matches)."""
     # A prefix or a whole "_"-separated word: "fid" must not catch "condition_fidelity_auroc".

@@ -54,6 +54,8 @@ CNN_CROP = 64
 CNN_HIGH_PASS_GAIN = 8.0  # a film's Laplacian is about 1/8 of its pixel range; scaled to a similar spread
 # The power-spectrum target of the realism issue: every band's mean log10 power within this of the real films'.
 SPECTRUM_GAP_TARGET = 0.15
+# The feature kinds, each also tested alone, so a report says which cue gives a set away.
+FEATURE_GROUPS: tuple[str, ...] = ("spectrum bands", "gradient statistics", "intensity statistics")
 
 
 # ---------------------------------------------------------------------------- features
@@ -130,14 +132,19 @@ def intensity_statistics(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64)
 
 
-def realism_features(images: Sequence[np.ndarray], spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """The C2ST's features, one row per image: spectrum bands, gradient statistics, intensity statistics.
+def realism_feature_groups(images: Sequence[np.ndarray], spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The C2ST's features by kind, one row per image (keys are `FEATURE_GROUPS`).
 
     `spectrum` is the images' `radial_power_spectrum` where the caller has it already (it is the costly part).
     """
     frequency, log_power = spectrum if spectrum is not None else radial_power_spectrum(images)
     _, bands = band_log_power(frequency, log_power)
-    return np.concatenate([bands, gradient_statistics(images), intensity_statistics(images)], axis=1)
+    return dict(zip(FEATURE_GROUPS, (bands, gradient_statistics(images), intensity_statistics(images))))
+
+
+def realism_features(images: Sequence[np.ndarray], spectrum: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The C2ST's features, one row per image: spectrum bands, gradient statistics, intensity statistics."""
+    return np.concatenate(list(realism_feature_groups(images, spectrum).values()), axis=1)
 
 
 # ---------------------------------------------------------------------------- the two-sample tests
@@ -366,12 +373,24 @@ def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple
     """C2ST (with its real-vs-real floor), the CNN detector and the power-spectrum gaps, as metrics-file entries; and the mean spectra."""
     frequency, real_power = radial_power_spectrum(sets.real)
     _, other_power = radial_power_spectrum(sets.other)
-    real_features = realism_features(sets.real, (frequency, real_power))
-    other_features = realism_features(sets.other, (frequency, other_power))
+    real_groups = realism_feature_groups(sets.real, (frequency, real_power))
+    other_groups = realism_feature_groups(sets.other, (frequency, other_power))
     a, b = sets.in_half_a, ~sets.in_half_a
-    floor = classifier_two_sample_test(real_features[a], real_features[b], sets.real_patients[a], sets.real_patients[b], seed=seed)
     against = a if sets.other_against == "a" else np.ones(len(sets.real), bool)
-    test = classifier_two_sample_test(real_features[against], other_features, sets.real_patients[against], sets.other_groups, seed=seed)
+
+    def tests(kinds: Sequence[str]) -> tuple[dict, dict]:
+        real_features = np.concatenate([real_groups[k] for k in kinds], axis=1)
+        other_features = np.concatenate([other_groups[k] for k in kinds], axis=1)
+        floor = classifier_two_sample_test(real_features[a], real_features[b], sets.real_patients[a], sets.real_patients[b], seed=seed)
+        test = classifier_two_sample_test(real_features[against], other_features, sets.real_patients[against], sets.other_groups, seed=seed)
+        return test, floor
+
+    test, floor = tests(FEATURE_GROUPS)
+    per_group = {}
+    for kind in FEATURE_GROUPS:
+        group_test, group_floor = tests([kind])
+        per_group[kind] = {"value": group_test["value"], "ci_low": group_test["ci_low"], "ci_high": group_test["ci_high"],
+                           "classifier": group_test["classifier"], "floor": group_floor["value"]}
     floor_method = "real vs real: held-out 256-px films, patients split into disjoint halves A and B (seeded)"
     n_test = {"real": test["n_per_set"], "other": test["n_per_set"]}
     metrics = [build_metric(
@@ -380,7 +399,7 @@ def realism_metrics(sets: RealismSets, seed: int = 0, cnn: bool = True) -> tuple
         extra={"classifier": test["classifier"], "per_classifier": test["per_classifier"], "floor_per_classifier": floor["per_classifier"],
                "folds": test["folds"], "features": "radial power-spectrum bands, gradient-magnitude statistics, intensity histogram",
                "against": "real half A" if sets.other_against == "a" else "all real held-out 256-px films",
-               "chance": 0.5},
+               "chance": 0.5, "per_feature_group": per_group},
     )]
     gaps = spectrum_band_gaps(real_power[against], other_power, frequency)
     floor_gaps = spectrum_band_gaps(real_power[a], real_power[b], frequency)
