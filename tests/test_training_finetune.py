@@ -91,7 +91,8 @@ def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_
     new.update(warm_start_from=str(weights), autoencoder=str(train_vae.export_autoencoder(tmp_path / "vae_run", tmp_path / "autoencoder")),
                cache_dir=str(tmp_path / "cache"))
     new["train"].update(lr=0.0, max_steps=1)  # no update: what was exported is what the warm start made
-    train_ldm.train_ldm(new, tmp_path / "run", data_dir=SAMPLE)
+    # Started as the README starts every run, with --resume: no checkpoint yet, so it must still warm-start.
+    train_ldm.train_ldm(new, tmp_path / "run", resume=True, data_dir=SAMPLE)
     tuned = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(tmp_path / "run", tmp_path / "exported"), torch_dtype=torch.float32)
     original = XRayDiffusionPipeline.from_pretrained(weights, torch_dtype=torch.float32)
     assert tuned.unet.config.in_channels == channels and latent_channels(tuned.vae) == channels

@@ -162,6 +162,10 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
         val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
     shift, scale = latent_statistics(train_latents)
+    ckpt = CheckpointDir(run_dir)
+    # `--resume` on a run with no checkpoint yet is a first start (the README's commands always pass it),
+    # so what a first start does (the warm start below) must depend on the checkpoint, not on the flag.
+    latest = ckpt.latest() if resume else None
     shipped = None
     if config.get("init_from") and config.get("warm_start_from"):
         raise ValueError("init_from (same autoencoder) and warm_start_from (a new one) exclude each other")
@@ -180,7 +184,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         unet.load_state_dict(shipped.unet.float().state_dict(), strict=True)
         projection.load_state_dict(shipped.text_projection.float().state_dict(), strict=True)
         del shipped
-    elif config.get("warm_start_from") and not resume:
+    elif config.get("warm_start_from") and latest is None:
         # A new autoencoder: its own latent statistics (above), and the UNet's inner layers and the text
         # projection from a trained pipeline, which already know anatomy and the prompts' words.
         source = XRayDiffusionPipeline.from_pretrained(config["warm_start_from"], text_encoder=encoder, torch_dtype=torch.float32)
@@ -194,10 +198,9 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     ema_unet = EMA(unet, train_cfg["ema_decay"])
     ema_projection = EMA(projection, train_cfg["ema_decay"])
 
-    ckpt = CheckpointDir(run_dir)
     log = LossLog(run_dir / "log.csv", LOG_FIELDS)
     state = {"step": 0, "samples_seen": 0, "wall_seconds": 0.0}
-    if resume and (latest := ckpt.latest()) is not None:
+    if latest is not None:
         modules, state = ckpt.load(latest, {"optimizer": opt})
         unet.load_state_dict(modules["unet"])
         projection.load_state_dict(modules["text_projection"])
