@@ -371,6 +371,7 @@ def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict
         lines += ["## Round trip, measured", "",
                   f"`{Path(realism).name}`, {document.get('date', '')}: {document.get('settings', {}).get('judged', '')}.", "",
                   "| metric | value | 95 % CI | n | floor (real vs real) |", "|---|--:|--|--|--:|"]
+        cues = None
         for metric in document.get("metrics", []):
             ci = f"[{metric['ci']['low']:.3f}, {metric['ci']['high']:.3f}]" if metric.get("ci") else ""
             floor = metric.get("floor") or {}
@@ -378,7 +379,12 @@ def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict
             n = ", ".join(f"{side} {count}" for side, count in n.items()) if isinstance(n, dict) else n
             lines.append(f"| {metric['name']} | {metric['value']:.3f} | {ci} | {n} | "
                          f"{'' if floor.get('value') is None else format(floor['value'], '.3f')} |")
+            if metric["name"] == "realism_c2st_accuracy" and metric.get("extra", {}).get("per_feature_group"):
+                cues = metric["extra"]["per_feature_group"]
+                cue_text = "; ".join(f"{cue} {result['value']:.3f} (floor {result['floor']:.3f})" for cue, result in cues.items())
         lines.append("")
+        if cues:
+            lines += [f"The realism test on each kind of feature alone: {cue_text}.", ""]
     return "\n".join(lines) + "\n"
 
 
