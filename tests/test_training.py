@@ -416,6 +416,7 @@ def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_e
     import torch
 
     from xray_generator.models.autoencoder import load_autoencoder
+    from xray_generator.weights import WeightsError
 
     source_dir = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
     config = tiny_config("vae_tiny.json", max_steps=3, freeze_encoder=True, latent_crops=True, perceptual_weight=0.5,
@@ -432,9 +433,21 @@ def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_e
     assert all(float(row["adv_weight"]) > 0.0 for row in rows[1:])  # then the adaptive weight enters
     assert float(rows[-1]["perc_term"]) > 0.0 and float(rows[-1]["amp_term"]) > 0.0
     assert float(rows[-1]["val_band_gap"]) >= 0.0
-    tuned, source = load_autoencoder(train_vae.export_autoencoder(tmp_path / "gan_run", tmp_path / "tuned")), load_autoencoder(source_dir)
+    tuned_dir = train_vae.export_autoencoder(tmp_path / "gan_run", tmp_path / "tuned")
+    tuned, source = load_autoencoder(tuned_dir), load_autoencoder(source_dir)
     assert train_ldm.same_part(tuned, source, train_ldm.ENCODER_PARTS)
     assert not train_ldm.same_part(tuned, source, train_ldm.DECODER_PARTS)
+    # A further fine-tune starts from the discriminator the export kept (verified by its manifest).
+    from safetensors.torch import load_file
+
+    again = dict(config, init_from=str(tuned_dir), discriminator_init_from=str(tuned_dir), train=dict(config["train"], max_steps=1, lr=0.0))
+    train_vae.train_vae(again, tmp_path / "again_run", data_dir=SAMPLE)
+    kept = load_file(str(tuned_dir / "discriminator.safetensors"))
+    started = load_file(str(CheckpointDir(tmp_path / "again_run").latest() / "discriminator.safetensors"))
+    assert kept.keys() == started.keys() and all(torch.equal(kept[k], started[k]) for k in kept)  # lr 0: unchanged
+    (tuned_dir / "discriminator.safetensors").write_bytes(b"not the exported file")
+    with pytest.raises(WeightsError):
+        train_vae.train_vae(again, tmp_path / "tampered_run", data_dir=SAMPLE)
     with pytest.raises(ValueError, match="latent_crops needs freeze_encoder"):
         train_vae.train_vae(dict(config, train=dict(config["train"], freeze_encoder=False)), tmp_path / "bad", data_dir=SAMPLE)
 

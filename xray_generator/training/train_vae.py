@@ -44,6 +44,21 @@ LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term",
               "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap", "amp_term"]
 
 
+DISCRIMINATOR_FILE = "discriminator.safetensors"
+
+
+def verified_discriminator(folder: str | Path) -> Path:
+    """The discriminator file of an exported autoencoder folder, checked against its MANIFEST.json."""
+    from xray_generator.weights import verify_manifest
+
+    folder = Path(folder)
+    verify_manifest(folder)
+    path = folder / DISCRIMINATOR_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no {DISCRIMINATOR_FILE} (exported before discriminators were kept, or trained without one)")
+    return path
+
+
 def load_config(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -137,6 +152,11 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         perceptual = classifier_perceptual_loss(load_optional_classifier(), train_cfg.get("perceptual_layers", ("layer1", "layer2", "layer3")))
     autoencoder = autoencoder.to(memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32), highpass=train_cfg.get("discriminator_highpass", False))
+    if config.get("discriminator_init_from"):
+        # A decoder fine-tune starts with the discriminator that trained this decoder (saved by `export`):
+        # a fresh one sits at chance for hundreds of steps while the adaptive weight already pushes the
+        # decoder with its gradients, which then are noise.
+        discriminator.load_state_dict(load_file(str(verified_discriminator(config["discriminator_init_from"]))), strict=True)
     trainable = [p for p in autoencoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=train_cfg["lr"], betas=(0.5, 0.9), weight_decay=0.0)
@@ -286,7 +306,8 @@ def export_autoencoder(run_dir: str | Path, out_dir: str | Path, step: int | Non
     """Write a checkpoint's EMA autoencoder as a diffusers folder (safetensors), atomically.
 
     The latest checkpoint unless `step` names another one still in the run folder. Beside the weights:
-    the run's loss log up to that step (`training_log.csv`), a card (`README.md`) and `MANIFEST.json`,
+    the run's loss log up to that step (`training_log.csv`), the discriminator of that step (a decoder
+    fine-tune's `discriminator_init_from`), a card (`README.md`) and `MANIFEST.json`,
     so the folder loads verified wherever it is copied. `realism` is a realism-test metrics file of
     this export's round trip (`python -m xray_generator realism --autoencoder ...`), quoted in the card.
     """
@@ -308,6 +329,8 @@ def export_autoencoder(run_dir: str | Path, out_dir: str | Path, step: int | Non
     ema.copy_to(autoencoder)
     staging = fresh_staging_folder(out_dir)
     try:
+        if (chosen / DISCRIMINATOR_FILE).is_file():  # so a later decoder fine-tune can start from it
+            shutil.copyfile(chosen / DISCRIMINATOR_FILE, staging / DISCRIMINATOR_FILE)
         _write_autoencoder_folder(staging, autoencoder, config, state, run_dir / "log.csv", realism)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # a half-written export never replaces a good one
