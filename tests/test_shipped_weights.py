@@ -97,3 +97,24 @@ def test_shipped_class_conditional_families_raise_the_score_of_the_requested_cla
 
     assert auroc("Pneumonia", "Pneumonia", ("Normal",)) >= 0.7
     assert auroc("COVID-19", "COVID-19", tuple(c for c in generator.conditions if c != "COVID-19")) >= 0.7
+
+
+def test_the_route_b_autoencoder_verifies_and_round_trips_sample_films():
+    """weights/autoencoder_f8c16 (not the app's default; the UNet run on its latents needs it): verified against
+    its manifest, 16 latent channels at 1/8, and its round trip of real sample films near its card's PSNR."""
+    from xray_generator.data.manifest import load_manifest
+    from xray_generator.evaluation.paired import psnr
+    from xray_generator.evaluation.realism import roundtrip_images
+    from xray_generator.evaluation.samples import load_real
+    from xray_generator.models.autoencoder import downsampling_factor, latent_channels, load_autoencoder
+
+    folder = REPO_ROOT / "weights" / "autoencoder_f8c16"
+    verify_manifest(folder)
+    autoencoder = load_autoencoder(folder)
+    assert latent_channels(autoencoder) == 16 and downsampling_factor(autoencoder) == 8
+    assert (folder / "discriminator.safetensors").is_file() and "Research use only" in (folder / "README.md").read_text()
+    table = load_manifest(REPO_ROOT / "dataset").table
+    films = load_real(table[table["split"] == "test"].head(4).reset_index(drop=True), REPO_ROOT / "dataset")  # squared to 256 px
+    back = roundtrip_images(autoencoder, films)
+    scores = [psnr(f.astype(np.float64), b.astype(np.float64)) for f, b in zip(films, back)]
+    assert min(scores) > 24.0, scores  # the card: 32.1 dB mean on the test split
