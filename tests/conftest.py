@@ -20,6 +20,14 @@ REPO = Path(__file__).resolve().parent.parent
 torch.set_num_threads(int(os.environ.get("CXR_TEST_THREADS", "2")))
 
 
+def flip_one_byte(path: str | Path, offset: int | None = -1) -> None:
+    """Invert one byte of a file in place, keeping its size: weights altered after their manifest was written.
+    `offset` None flips the middle byte."""
+    data = bytearray(Path(path).read_bytes())
+    data[len(data) // 2 if offset is None else offset] ^= 0xFF
+    Path(path).write_bytes(bytes(data))
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, flip_one_byte
 from xray_generator.pipelines.registry import Generator
 from xray_generator.training.checkpointing import CheckpointDir
 from xray_generator.weights import WeightsError
@@ -88,9 +88,7 @@ def check_refuses_damaged_weights(load, folder: Path, tmp_path: Path) -> None:
     """A changed byte, a missing manifest and an unlisted pickle file are refused before loading."""
     tampered = shutil.copytree(folder, tmp_path / "tampered")
     weights = tampered / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-5] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_one_byte(weights, -5)
     with pytest.raises(WeightsError, match="does not match its sha256"):
         load(tampered)
     unlisted = shutil.copytree(folder, tmp_path / "unlisted")

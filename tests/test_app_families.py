@@ -15,6 +15,7 @@ from PIL import Image
 
 from streamlit.testing.v1 import AppTest
 
+from tests.conftest import flip_one_byte
 from xray_generator.io import read_png_metadata
 from xray_generator.weights import weights_hash
 
@@ -145,9 +146,7 @@ def test_missing_family_says_not_trained_yet_and_shows_no_image(families_env):
 def test_tampered_family_shows_a_banner_and_ldm_still_generates(families_env, tiny_families_root, tmp_path, monkeypatch):
     root = shutil.copytree(tiny_families_root, tmp_path / "weights")
     weights = root / "dcgan_conditional" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-5] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_one_byte(weights, -5)
     monkeypatch.setenv("CXR_WEIGHTS_DIR", str(root))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     assert not at.exception

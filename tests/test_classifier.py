@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, flip_one_byte
 from xray_generator.data.datasets import augment_batch
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.features import TorchFeatureExtractor
@@ -155,9 +155,7 @@ def test_loaded_classifier_predicts_probabilities_and_features(exported):
 def test_tampered_weights_are_refused(exported, tmp_path):
     copy = shutil.copytree(exported, tmp_path / "tampered")
     weights = copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-10] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_one_byte(weights, -10)
     with pytest.raises(WeightsError, match="does not match its sha256"):
         load_classifier(copy)
 

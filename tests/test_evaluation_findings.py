@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import REPO
+from tests.conftest import REPO, flip_one_byte
 from xray_generator.evaluation import findings
 from xray_generator.evaluation.memorisation import wilson_interval
 from xray_generator.evaluation.report import read_metrics_json
@@ -67,9 +67,7 @@ def test_the_head_loads_only_from_verified_safetensors_fitted_on_the_same_classi
 
     with pytest.raises(WeightsError, match="fitted on the features of classifier"):
         load_finding_head(tmp_path / "head", "cd" * 32)
-    data = bytearray((tmp_path / "head" / "model.safetensors").read_bytes())
-    data[-1] ^= 0xFF  # one flipped bit of a weight
-    (tmp_path / "head" / "model.safetensors").write_bytes(bytes(data))
+    flip_one_byte(tmp_path / "head" / "model.safetensors")  # one flipped bit of a weight
     with pytest.raises(WeightsError, match="does not match its sha256"):
         load_finding_head(tmp_path / "head")
     save_finding_head(head, tmp_path / "other", "# test head\n")

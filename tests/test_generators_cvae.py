@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import flip_one_byte
 from xray_generator.models.cvae import ConditionalPatchDiscriminator, build_cvae
 from xray_generator.paths import REPO_ROOT, sample_data_dir
 from xray_generator.pipelines.cvae import prepare_source
@@ -221,9 +222,7 @@ def test_a_tampered_weights_file_fails_the_sha256_check(weights_root, tmp_path):
     root = tmp_path / "weights"
     shutil.copytree(weights_root / "cvae", root / "cvae")
     weights = root / "cvae" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # same size, one flipped byte in the tensor data
-    weights.write_bytes(bytes(data))
+    flip_one_byte(weights)  # same size, one flipped byte in the tensor data
     with pytest.raises(WeightsError, match="sha256"):
         load_generator("cvae", root)
 

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
+from tests.conftest import flip_one_byte
 from xray_generator.pipelines.latent_diffusion import GenerationCancelled, XRayDiffusionPipeline
 from xray_generator.weights import WeightsError
 
@@ -156,9 +157,7 @@ def test_tampered_truncated_or_missing_weights_are_refused(tiny_pipeline_dir, tm
         shutil.copytree(tiny_pipeline_dir, folder)
         unet_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
         if case == "tampered":
-            data = bytearray(unet_file.read_bytes())
-            data[-10] ^= 0xFF
-            unet_file.write_bytes(bytes(data))
+            flip_one_byte(unet_file, -10)
         elif case == "truncated":
             unet_file.write_bytes(unet_file.read_bytes()[:-100])
         elif case == "missing":

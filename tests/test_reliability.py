@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, flip_one_byte
 from xray_generator.__main__ import main as cli
 from xray_generator.io import atomic_write, atomic_write_text, read_gray, read_png_metadata
 from xray_generator.training.checkpointing import CheckpointDir
@@ -139,9 +139,7 @@ def damage(folder, case: str):
     if case == "truncated":
         unet.write_bytes(unet.read_bytes()[:-100])
     elif case == "corrupt":
-        data = bytearray(unet.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        unet.write_bytes(bytes(data))
+        flip_one_byte(unet, None)  # the middle byte
     elif case == "missing":
         unet.unlink()
     elif case == "manifest-missing":

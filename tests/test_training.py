@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, flip_one_byte
 from xray_generator.precision import cpu_precision
 from xray_generator.training import train_ldm, train_vae
 from xray_generator.training.checkpointing import CheckpointDir, CheckpointSchedule
@@ -88,9 +88,7 @@ def test_an_exported_autoencoder_carries_its_card_log_and_manifest_and_refuses_t
         train_vae.export_autoencoder(vae_run, tmp_path / "other", step=999999)
     assert not (tmp_path / "other").exists()
     weights = out / "diffusion_pytorch_model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_one_byte(weights)
     with pytest.raises(WeightsError, match="does not match its sha256"):
         load_autoencoder(out)
 
