@@ -153,9 +153,9 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     autoencoder = autoencoder.to(memory_format=torch.channels_last)
     discriminator = PatchDiscriminator(width=train_cfg.get("discriminator_width", 32), highpass=train_cfg.get("discriminator_highpass", False))
     if config.get("discriminator_init_from"):
-        # A decoder fine-tune starts with the discriminator that trained this decoder (saved by `export`):
-        # a fresh one sits at chance for hundreds of steps while the adaptive weight already pushes the
-        # decoder with its gradients, which then are noise.
+        # A decoder fine-tune may start with the discriminator that trained this decoder (saved by `export`)
+        # instead of a fresh one. Measured once on f8c16 (README, realism): the fresh one moved the realism
+        # test and this one did not, so the shipped config leaves it out; the option stays for such comparisons.
         discriminator.load_state_dict(load_file(str(verified_discriminator(config["discriminator_init_from"]))), strict=True)
     trainable = [p for p in autoencoder.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
