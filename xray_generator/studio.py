@@ -1128,14 +1128,15 @@ def realism_cues(documents: Sequence[dict]) -> pd.DataFrame:
     for doc in documents:
         for metric in doc.get("metrics", []):
             groups = metric.get("extra", {}).get("per_feature_group") if metric.get("name") == "realism_c2st_accuracy" else None
-            for cue, result in (groups or {}).items():
-                n = metric.get("n") or {}
+            if not groups:
+                continue
+            n = metric.get("n")
+            n = n.get("other") if isinstance(n, dict) else n  # images per set
+            for cue, result in groups.items():
                 rows.append({"set": doc["model"], "cue": cue, "accuracy": result["value"], "ci_low": result["ci_low"],
-                             "ci_high": result["ci_high"], "floor": result["floor"], "n": n.get("other") if isinstance(n, dict) else n})
-            if groups:
-                rows.append({"set": doc["model"], "cue": "all features (the test)", "accuracy": metric["value"],
-                             "ci_low": metric["ci"]["low"], "ci_high": metric["ci"]["high"], "floor": (metric.get("floor") or {}).get("value"),
-                             "n": (metric.get("n") or {}).get("other") if isinstance(metric.get("n"), dict) else metric.get("n")})
+                             "ci_high": result["ci_high"], "floor": result["floor"], "n": n})
+            rows.append({"set": doc["model"], "cue": "all features (the test)", "accuracy": metric["value"],
+                         "ci_low": metric["ci"]["low"], "ci_high": metric["ci"]["high"], "floor": (metric.get("floor") or {}).get("value"), "n": n})
     return pd.DataFrame(rows, columns=["set", "cue", "accuracy", "ci_low", "ci_high", "floor", "n"])
 
 
