@@ -49,7 +49,11 @@ def section(title: str):
 
 @st.cache_resource(show_spinner=False)
 def configure_runtime() -> int:
-    """Once per process: the torch thread count (CXR_NUM_THREADS overrides torch's default)."""
+    """Once per process: the app's backend (runtime.APP_BACKEND unless CXR_BACKEND is set) and the torch
+    thread count (CXR_NUM_THREADS overrides torch's default)."""
+    from xray_generator.pipelines.runtime import use_app_backend
+
+    use_app_backend()
     return studio.apply_thread_setting()
 
 

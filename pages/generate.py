@@ -238,7 +238,8 @@ def generation_settings(defaults: dict) -> tuple[str, tuple]:
     right.number_input("Number of images", 1, studio.MAX_IMAGES_PER_REQUEST, key="num_images")
     st.radio("Resolution", list(RESOLUTION_LABELS), key="resolution", format_func=RESOLUTION_LABELS.get)
     st.selectbox("Backend", BACKENDS, key="backend",
-                 help=f"What runs the network (default {default_backend()}; onnxruntime was about 12 % faster per image on a 2-core AVX2 CPU). Backends differ by float rounding "
+                 help=f"What runs the network (default in the app: {default_backend()}). On a 2-core AVX2 CPU OpenVINO is about 1.2x faster per image in a "
+                      "plain process (the command line's default there), but in the app its first image took 3.2 s against PyTorch's 1.9 s. Backends differ by float rounding "
                       "(within 2 grey levels); each image's metadata records its backend. A runtime's first use on new "
                       "weights exports them once (tens of seconds) unless `python -m xray_generator export-runtime` ran.")
     return preset_selector(
@@ -264,7 +265,9 @@ def run_generation(pipe, preset: str, preset_steps: tuple) -> None:
         preset_steps=preset_steps,
     )
     waiting = st.empty()
-    progress = st.progress(0.0, text="Starting…")
+    preparing = hasattr(pipe, "runtime_loaded") and not pipe.runtime_loaded(request.backend, studio.NATIVE_RESOLUTION, studio.NATIVE_RESOLUTION)
+    progress = st.progress(0.0, text=f"Preparing {request.backend} for these weights: about 1 s from its cache, about 20 s the first "
+                                     "time (an export, once per weights version)…" if preparing else "Starting…")
     # Clicking Cancel reruns the script, which stops this run at its next progress update.
     cancel_slot = st.empty()
     cancel_slot.button("Cancel", key="cancel_generation", on_click=mark_cancelled)

@@ -122,11 +122,38 @@ def test_missing_runtime_package_names_the_pip_command(monkeypatch):
         runtime.check_backend("openvino")
 
 
-def test_default_backend_is_torch_unless_overridden(monkeypatch):
+def test_default_backend_is_openvino_without_native_bf16_unless_overridden(monkeypatch):
     monkeypatch.delenv("CXR_BACKEND", raising=False)
-    assert runtime.default_backend() == "torch"
-    monkeypatch.setenv("CXR_BACKEND", "openvino")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert runtime.default_backend() == "openvino"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # bf16 autocast is the path measured there
+    assert runtime.default_backend() == "torch"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None)  # openvino not installed
+    assert runtime.default_backend() == "torch"
+    monkeypatch.setenv("CXR_BACKEND", "onnxruntime")
+    assert runtime.default_backend() == "onnxruntime"
+
+
+def test_the_app_generates_with_pytorch_unless_told_otherwise(monkeypatch):
+    """The app's own default (measured faster there), set once per process; CXR_BACKEND still wins."""
+    monkeypatch.delenv("CXR_BACKEND", raising=False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.use_app_backend() == "torch" and runtime.default_backend() == "torch"
+    monkeypatch.setenv("CXR_BACKEND", "openvino")
+    assert runtime.use_app_backend() == "openvino" and runtime.default_backend() == "openvino"
+
+
+def test_openvino_keeps_its_compiled_model_beside_the_export(pipe_fp32, cache_root):
+    """The compiled-model cache is written on first use and used by the next load: same output, no recompile needed."""
+    image = pipe_fp32(PROMPT, seed=2, backend="openvino").images[0]
+    key = runtime.export_key(pipe_fp32.unet, pipe_fp32.vae, pipe_fp32.text_encoder.max_length, (32, 32))
+    compiled = cache_root / "runtime" / key / "openvino_compiled"
+    blobs = sorted(compiled.iterdir())
+    assert len(blobs) >= 2  # the UNet's and the decoder's
+    fresh = XRayDiffusionPipeline.from_pretrained(pipe_fp32.weights_folder, torch_dtype=torch.float32)
+    assert np.array_equal(fresh(PROMPT, seed=2, backend="openvino").images[0], image)
+    assert sorted(compiled.iterdir()) == blobs
 
 
 def test_default_backend_is_used_and_recorded(pipe, monkeypatch):

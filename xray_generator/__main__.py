@@ -110,6 +110,13 @@ def command_generate(args) -> int:
         guidance_fraction=args.guidance_fraction, sampler=args.sampler, backend=args.backend,
     )
     targets, manifest_path = _output_targets(output, args.n)
+    try:
+        backend = pipe.resolve_settings(backend=args.backend)["backend"]
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    if backend != "torch":
+        print(f"note: {backend} runs the UNet and decoder: about 1 s to load from its cache, about 20 s the first time for "
+              "these weights (an export, cached; `python -m xray_generator export-runtime` does it ahead)", file=sys.stderr)
     rows = []
     for i, target in enumerate(targets):
         seed = args.seed + i
@@ -469,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", default="ldm", help=f"model family in weights/: {', '.join(GENERATOR_FAMILIES)} (default ldm)")
     gen.add_argument("--weights", default=None, help="a weights folder of that family to use instead of weights/<model>")
     gen.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
-    gen.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: torch, or CXR_BACKEND; see the README's Speed section)")
+    gen.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: CXR_BACKEND if set, else openvino on a CPU without native bf16 and torch on one with it; see the README's Speed section)")
     gen.set_defaults(func=command_generate)
     ed = sub.add_parser("edit", help="text-guided edit of a real radiograph (whole image, a mask or a lung zone)",
                         description="Writes OUT.png (the edited, SYNTHETIC image with provenance) and OUT_diff.png "
@@ -492,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--model", default="ldm", help="model family in weights/ (default ldm)")
     ed.add_argument("--weights", default=None, help="a pipeline folder to use instead of weights/<model>")
     ed.add_argument("--text-encoder", default=None, help="override the text encoder (alias or local BERT folder)")
-    ed.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: torch, or CXR_BACKEND; see the README's Speed section)")
+    ed.add_argument("--backend", default=None, help="what runs the UNet and the decoder: torch, onnxruntime or openvino (default: CXR_BACKEND if set, else openvino on a CPU without native bf16 and torch on one with it; see the README's Speed section)")
     ed.set_defaults(func=command_edit)
     ev = sub.add_parser("evaluate", help="fidelity, diversity and memorisation metrics of a shipped generator -> outputs/metrics/<model>.json")
     from xray_generator.evaluation.run import add_arguments

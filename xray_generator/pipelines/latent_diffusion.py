@@ -286,6 +286,10 @@ class XRayDiffusionPipeline(DiffusionPipeline):
                     backend, self.unet, self.vae, self.text_encoder.max_length, self.unet.config.cross_attention_dim, key[1], self.precision)
             return self._runtimes[key]
 
+    def runtime_loaded(self, backend: str, height: int = 256, width: int = 256) -> bool:
+        """Whether `runtime_models(backend, height, width)` returns at once: PyTorch, or a runtime this pipeline has loaded."""
+        return backend == "torch" or (backend, (height // self.vae_scale_factor, width // self.vae_scale_factor)) in self._runtimes
+
     def _torch_unet(self, sample: torch.Tensor, timestep: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with self._autocast():
             return self.unet(sample.to(self.unet.dtype), timestep, encoder_hidden_states=states.to(self.unet.dtype),

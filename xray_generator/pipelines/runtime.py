@@ -2,7 +2,8 @@
 
     "torch"        the PyTorch modules themselves (bf16 autocast where the CPU runs bf16 natively)
     "onnxruntime"  ONNX Runtime's CPU provider, fp32
-    "openvino"     OpenVINO's CPU plugin, fp32 (bf16 where the CPU runs bf16 natively)
+    "openvino"     OpenVINO's CPU plugin, fp32 (bf16 where the CPU runs bf16 natively); the default
+                   on CPUs without native bf16 (`default_backend`)
 
 Both runtimes run the same artifact: an ONNX export of our own UNet and decoder, made from the
 loaded weights on first use (or ahead of time with ``python -m xray_generator export-runtime``)
@@ -14,6 +15,7 @@ cache this module wrote.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import threading
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from xray_generator.models.autoencoder import latent_channels, latent_packing
+from xray_generator.precision import cpu_has_native_bf16
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # The packages each runtime backend needs (import name, pip requirement).
@@ -39,15 +42,35 @@ OVERRIDE_VARIABLE = "CXR_BACKEND"
 
 
 def default_backend() -> str:
-    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else PyTorch.
+    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else this CPU's fastest.
 
-    The runtimes are a choice, not the default: on a quiet 2-core AVX2 CPU ONNX Runtime made a
-    default image in 0.888 s against PyTorch's 1.015 s (separate runs), but in the app its first
-    image after start took 7.6 s against 2.5 s (session creation on first use), which breaks the
-    3 s first-image budget. Where bf16 is native, PyTorch's bf16 autocast is the measured fast path.
+    Without native bf16 (AVX2 only) that is OpenVINO: on a quiet 2-core AMD EPYC a default image
+    took 0.69 s against PyTorch's 0.87 s, within 1 grey level of it (`benchmarks/bench_generate.py`,
+    README "Speed"), and with its compiled-model cache the first use after start costs about 0.3 s.
+    Where bf16 is native (AMX / AVX-512 BF16) PyTorch's bf16 autocast is the path measured there
+    (0.61 s per image); the runtimes have not been timed on such a CPU, so PyTorch stays its default.
+    Without the openvino package it is PyTorch everywhere.
     """
     override = os.environ.get(OVERRIDE_VARIABLE, "").strip()
-    return override or "torch"
+    if override:
+        return override
+    if cpu_has_native_bf16() or importlib.util.find_spec("openvino") is None:
+        return "torch"
+    return "openvino"
+
+
+# The studio app generates with PyTorch unless CXR_BACKEND names another backend. Measured in the
+# browser (benchmarks/bench_app.py, 3 runs each, 2-core AVX2 EPYC, 2026-12-06): OpenVINO's first image
+# after start took 3.2-3.3 s against PyTorch's 1.9 s (it loads and warms up on first use) and later
+# images 2.6 s against 2.3 s, because the browser and the server share the two cores. In a plain
+# process (the command line, batch jobs, evaluation) OpenVINO is the faster one (`default_backend`).
+APP_BACKEND = "torch"
+
+
+def use_app_backend() -> str:
+    """Make this process's default backend the app's (`APP_BACKEND`) unless CXR_BACKEND is set; return it."""
+    os.environ.setdefault(OVERRIDE_VARIABLE, APP_BACKEND)
+    return os.environ[OVERRIDE_VARIABLE]
 
 
 class BackendError(ValueError):
@@ -192,9 +215,15 @@ def _openvino_model(path: Path, threads: int, precision: str) -> tuple[Callable[
     import openvino
 
     core = openvino.Core()
+    # OpenVINO's own cache of the compiled model, beside the export it was compiled from: compiling
+    # the shipped UNet and decoder from ONNX takes about 1.1 s, loading them from this cache 0.3 s
+    # (2-core AVX2 EPYC), which keeps the first image after the app starts within its budget. The
+    # plugin keys each blob by the model, the config, its version and the CPU, and recompiles on a miss.
+    core.set_property({"CACHE_DIR": str(path.parent / "openvino_compiled")})
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    # By path, not a read model: with the cache warm the plugin then never parses the ONNX file.
+    compiled = core.compile_model(str(path), "CPU", config)
     # What the plugin actually runs: a bf16 hint on a CPU without bf16 falls back to f32.
     actual = "bf16" if str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower().endswith("bf16") else "fp32"
     lock = threading.Lock()
