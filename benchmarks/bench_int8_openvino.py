@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench_cost_model import cpu_peak  # noqa: E402
 from xray_generator.io import atomic_write_text  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
 from xray_generator.pipelines.runtime import RuntimeModels  # noqa: E402
@@ -131,7 +132,7 @@ def main() -> None:
                 begin = time.perf_counter()
                 parts[precision][part](*inputs)
                 times[(precision, call)].append(time.perf_counter() - begin)
-    results: dict = {"threads": threads, "calibration_images": args.calibration, "parts": {}, "images": {}}
+    results: dict = {"cpu": cpu_peak(), "threads": threads, "calibration_images": args.calibration, "parts": {}, "images": {}}
     for call, (part, _) in calls.items():
         fp32_ms, int8_ms = (1000 * statistics.median(times[(precision, call)][1:]) for precision in ("fp32", "int8"))
         results["parts"][call] = {"fp32_ms": round(fp32_ms, 1), "int8_ms": round(int8_ms, 1), "speed_up": round(fp32_ms / int8_ms, 2)}
