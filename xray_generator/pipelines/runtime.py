@@ -45,8 +45,9 @@ def default_backend() -> str:
     """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else this CPU's fastest.
 
     Without native bf16 (AVX2 only) that is OpenVINO: on a quiet 2-core AMD EPYC a default image
-    took 0.69 s against PyTorch's 0.87 s, within 1 grey level of it (`benchmarks/bench_generate.py`,
-    README "Speed"), and with its compiled-model cache the first use after start costs about 0.3 s.
+    took 0.837 s against PyTorch's 1.036 s (separate runs of `benchmarks/bench_generate.py`, README
+    "Speed"), within 1 grey level of it, and with its compiled-model cache a process's first use
+    costs about 0.3 s. The app keeps PyTorch (`APP_BACKEND`).
     Where bf16 is native (AMX / AVX-512 BF16) PyTorch's bf16 autocast is the path measured there
     (0.61 s per image); the runtimes have not been timed on such a CPU, so PyTorch stays its default.
     Without the openvino package it is PyTorch everywhere.
@@ -217,8 +218,8 @@ def _openvino_model(path: Path, threads: int, precision: str) -> tuple[Callable[
     core = openvino.Core()
     # OpenVINO's own cache of the compiled model, beside the export it was compiled from: compiling
     # the shipped UNet and decoder from ONNX takes about 1.1 s, loading them from this cache 0.3 s
-    # (2-core AVX2 EPYC), which keeps the first image after the app starts within its budget. The
-    # plugin keys each blob by the model, the config, its version and the CPU, and recompiles on a miss.
+    # (2-core AVX2 EPYC), once per process. The plugin keys each blob by the model, the compile
+    # config and its own version, and compiles afresh on a miss.
     core.set_property({"CACHE_DIR": str(path.parent / "openvino_compiled")})
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
               "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
