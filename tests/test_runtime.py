@@ -146,12 +146,14 @@ def test_the_app_generates_with_pytorch_unless_told_otherwise(monkeypatch):
 
 def test_openvino_keeps_its_compiled_model_beside_the_export(pipe_fp32, cache_root):
     """The compiled-model cache is written on first use and used by the next load: same output, no recompile needed."""
+    fresh = XRayDiffusionPipeline.from_pretrained(pipe_fp32.weights_folder, torch_dtype=torch.float32)
+    assert fresh.runtime_loaded("torch") and not fresh.runtime_loaded("openvino")  # what the Generate page's "Preparing…" reads
     image = pipe_fp32(PROMPT, seed=2, backend="openvino").images[0]
+    assert pipe_fp32.runtime_loaded("openvino") and not pipe_fp32.runtime_loaded("openvino", 512, 512)
     key = runtime.export_key(pipe_fp32.unet, pipe_fp32.vae, pipe_fp32.text_encoder.max_length, (32, 32))
     compiled = cache_root / "runtime" / key / "openvino_compiled"
     blobs = sorted(compiled.iterdir())
     assert len(blobs) >= 2  # the UNet's and the decoder's
-    fresh = XRayDiffusionPipeline.from_pretrained(pipe_fp32.weights_folder, torch_dtype=torch.float32)
     assert np.array_equal(fresh(PROMPT, seed=2, backend="openvino").images[0], image)
     assert sorted(compiled.iterdir()) == blobs
 
