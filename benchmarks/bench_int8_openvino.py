@@ -95,7 +95,7 @@ def runtime_models(unet, decoder) -> RuntimeModels:
     def unet_call(sample, timestep, states, mask):
         return torch.from_numpy(unet(sample.float().numpy(), np.asarray(float(timestep), np.float32), states.float().numpy(), mask.bool().numpy()))
 
-    return RuntimeModels(backend="openvino", precision="fp32", unet=unet_call, decode=lambda latents: torch.from_numpy(decoder(latents.float().numpy())))
+    return RuntimeModels(backend="openvino", precision="fp32", unet=unet_call, decode=lambda latents, generator=None: torch.from_numpy(decoder(latents.float().numpy())))
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_
     assert tuned.unet.config.in_channels == channels and latent_channels(tuned.vae) == channels
     assert tuned.vae_scale_factor == 8
     # the same weights packed or not give differently laid-out latents: never one cache for both
-    caches = [folder.name for folder in (tmp_path / "cache").iterdir() if folder.name.startswith("vae-")]
+    caches = [folder.name for folder in (tmp_path / "cache").iterdir() if folder.name.startswith("encoder-")]
     assert caches and all(("_packed2_" in name) == (latent == "packed") for name in caches)
     theirs = original.unet.state_dict()
     fresh = {name for name, tensor in tuned.unet.state_dict().items() if not (name in theirs and torch.equal(tensor, theirs[name]))}
@@ -107,3 +107,25 @@ def test_a_unet_for_a_new_autoencoder_with_more_latent_channels_warm_starts_all_
     new["init_from"] = str(weights)
     with pytest.raises(ValueError, match="exclude each other"):
         train_ldm.train_ldm(new, tmp_path / "run2", data_dir=SAMPLE)
+
+
+def test_a_decoder_fine_tune_shares_its_encoders_latent_cache(tmp_path):
+    """The latent cache is keyed by the encoder half alone: an export with a fine-tuned decoder (or decoder
+    noise inputs) beside the same encoder reuses the latents; another encoder does not."""
+    from xray_generator.data.manifest import load_manifest
+    from xray_generator.models.autoencoder import build_autoencoder, warm_start_autoencoder
+    from xray_generator.training.train_ldm import latent_cache_dir
+
+    config = json.loads((REPO / "configs" / "vae_tiny.json").read_text())["model"]
+    torch.manual_seed(0)
+    source = build_autoencoder(config)
+    tuned = build_autoencoder({**config, "decoder_noise_blocks": 1})
+    warm_start_autoencoder(tuned, source)
+    with torch.no_grad():
+        tuned.decoder.conv_out.weight.mul_(0.5)
+    other = build_autoencoder(config)
+    for name, model in (("source", source), ("tuned", tuned), ("other", other)):
+        model.save_pretrained(tmp_path / name, safe_serialization=True)
+    manifest = load_manifest(SAMPLE).query(split="train")
+    source_dir, tuned_dir, other_dir = (latent_cache_dir(tmp_path / "cache", tmp_path / name, manifest) for name in ("source", "tuned", "other"))
+    assert source_dir == tuned_dir and source_dir != other_dir and source_dir.name.startswith("encoder-")

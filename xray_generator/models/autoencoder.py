@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,17 @@ DECODER_DEPTH_KEY = "decoder_layers_per_block"
 # same numbers, so the KL term and the posterior are unchanged, and a model trained without
 # packing gets it by `pack_latents` with the same weights.
 LATENT_PACKING_KEY = "latent_packing"
+# The third, `decoder_noise_blocks` n: the resnets of the decoder's last n up-blocks (the finest
+# scales) add per-pixel Gaussian noise times a learned per-channel strength to their output, as
+# StyleGAN's generator does. Why: a film's finest detail (grain, trabecular texture) is not in a
+# compressed latent, so a deterministic decoder trained on pixel losses draws its blurred mean, and
+# an adversarial term on such a decoder drew worm-like false texture (realism issue). With a noise
+# source the decoder can draw texture of the right statistics that the latent does not fix. The
+# strengths start at zero, so a warm-started decoder starts exactly as its source. The noise is drawn
+# from `set_decoder_noise_generator`'s generator (seeded per image for repeatable output) or, if
+# none is set, from torch's global generator.
+DECODER_NOISE_KEY = "decoder_noise_blocks"
+NOISE_STRENGTH = "noise_strength"
 
 
 class _LatentPackingConv(torch.nn.Conv2d):
@@ -71,6 +83,65 @@ class _UnpackingPostQuantConv(_LatentPackingConv):
         return super().forward(F.pixel_shuffle(x, self.factor))
 
 
+def _add_noise(resnet: torch.nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+    noise = getattr(resnet, "noise_input", None)  # given, as in an exported graph (`decoder_noise_inputs`)
+    if noise is None:
+        noise = torch.randn(output.shape, generator=getattr(resnet, "noise_generator", None), dtype=torch.float32, device=output.device)
+    return output + resnet.noise_strength.view(1, -1, 1, 1).to(output.dtype) * noise.to(output.dtype)
+
+
+def add_decoder_noise(autoencoder: AutoencoderKL, blocks: int) -> AutoencoderKL:
+    """Give the resnets of the decoder's last `blocks` up-blocks a zero-initialised noise input, in place."""
+    if blocks <= 0:
+        return autoencoder
+    up_blocks = autoencoder.decoder.up_blocks
+    if blocks > len(up_blocks):
+        raise ValueError(f"{DECODER_NOISE_KEY} is {blocks} but the decoder has {len(up_blocks)} up-blocks")
+    for block in up_blocks[len(up_blocks) - blocks:]:
+        for resnet in block.resnets:
+            resnet.register_parameter(NOISE_STRENGTH, torch.nn.Parameter(torch.zeros(resnet.conv2.out_channels)))
+            resnet.register_forward_hook(_add_noise)
+    autoencoder.register_to_config(**{DECODER_NOISE_KEY: blocks})
+    return autoencoder
+
+
+def decoder_noise_modules(autoencoder: AutoencoderKL) -> list[torch.nn.Module]:
+    """The decoder's resnets that add noise (none for a deterministic decoder)."""
+    return [module for module in autoencoder.decoder.modules() if hasattr(module, NOISE_STRENGTH)]
+
+
+def set_decoder_noise_generator(autoencoder: AutoencoderKL, generator: torch.Generator | None) -> None:
+    """Draw the decoder's noise from `generator` (None: torch's global generator)."""
+    for module in decoder_noise_modules(autoencoder):
+        module.noise_generator = generator
+
+
+def decoder_noise_shapes(autoencoder: AutoencoderKL, latent_shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """The shape of each noise draw when decoding latents of `latent_shape` (as the UNet sees them), in the order drawn."""
+    batch, _, height, width = latent_shape
+    packing = latent_packing(autoencoder)
+    height, width = height * packing, width * packing  # the autoencoder's own grid
+    shapes = []
+    for index, block in enumerate(autoencoder.decoder.up_blocks):
+        scale = 2 ** sum(1 for earlier in autoencoder.decoder.up_blocks[:index] if earlier.upsamplers)
+        shapes += [(batch, resnet.conv2.out_channels, height * scale, width * scale) for resnet in block.resnets if hasattr(resnet, NOISE_STRENGTH)]
+    return shapes
+
+
+def draw_decoder_noise(autoencoder: AutoencoderKL, latent_shape: tuple[int, ...], generator: torch.Generator | None) -> list[torch.Tensor]:
+    """The noise a decoding of `latent_shape` draws from `generator`: the same numbers the decoder's own draws would be."""
+    return [torch.randn(shape, generator=generator, dtype=torch.float32) for shape in decoder_noise_shapes(autoencoder, latent_shape)]
+
+
+def decoder_noise_inputs(autoencoder: AutoencoderKL, noise: Sequence[torch.Tensor] | None) -> None:
+    """Make the decoder add these tensors (one per noisy resnet, `decoder_noise_shapes` order) instead of drawing; None draws again."""
+    modules = decoder_noise_modules(autoencoder)
+    if noise is not None and len(noise) != len(modules):
+        raise ValueError(f"the decoder has {len(modules)} noise inputs, got {len(noise)} tensors")
+    for index, module in enumerate(modules):
+        module.noise_input = None if noise is None else noise[index]
+
+
 def latent_packing(autoencoder: AutoencoderKL) -> int:
     """The autoencoder's packing factor (1: its latent is handed on as it is)."""
     return getattr(autoencoder.config, LATENT_PACKING_KEY, 1)
@@ -99,6 +170,7 @@ def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
     config = dict(config or DEFAULT_AUTOENCODER_CONFIG)
     decoder_layers = config.pop(DECODER_DEPTH_KEY, None)
     packing = config.pop(LATENT_PACKING_KEY, 1)
+    noise_blocks = config.pop(DECODER_NOISE_KEY, 0)
     autoencoder = AutoencoderKL(**config)
     if decoder_layers is not None and decoder_layers != autoencoder.config.layers_per_block:
         cfg = autoencoder.config
@@ -113,6 +185,7 @@ def build_autoencoder(config: dict | None = None) -> AutoencoderKL:
             mid_block_add_attention=cfg.mid_block_add_attention,
         )
         autoencoder.register_to_config(**{DECODER_DEPTH_KEY: decoder_layers})
+    add_decoder_noise(autoencoder, noise_blocks)
     return pack_latents(autoencoder, packing)
 
 
@@ -136,13 +209,15 @@ def warm_start_autoencoder(target: AutoencoderKL, source: AutoencoderKL) -> None
     decodes exactly as `source`.
 
     Each extra resnet has its last convolution zeroed, which makes it the identity
-    (a resnet adds its residual branch to its input), so fine-tuning starts from the trained autoencoder.
+    (a resnet adds its residual branch to its input), and noise strengths the source lacks stay zero,
+    so fine-tuning starts from the trained autoencoder.
     """
     target_state = target.state_dict()
     source_state = source.state_dict()
     missing = sorted(set(target_state) - set(source_state))
     unexpected = sorted(set(source_state) - set(target_state))
     reshaped = sorted(key for key in set(source_state) & set(target_state) if source_state[key].shape != target_state[key].shape)
+    missing = [key for key in missing if not key.endswith("." + NOISE_STRENGTH)]
     extra = {key.rsplit(".", 2)[0] for key in missing}
     if unexpected or reshaped or any(not re.fullmatch(r"encoder\.down_blocks\.\d+\.resnets\.\d+|decoder\.up_blocks\.\d+\.resnets\.\d+", prefix) for prefix in extra):
         raise ValueError(

@@ -30,7 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from xray_generator.models.autoencoder import downsampling_factor, load_autoencoder
+from xray_generator.models.autoencoder import downsampling_factor, load_autoencoder, set_decoder_noise_generator
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
 from xray_generator.pipelines.runtime import RuntimeModels, check_backend, default_backend, load_runtime
 from xray_generator.precision import cpu_precision
@@ -295,9 +295,13 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             return self.unet(sample.to(self.unet.dtype), timestep, encoder_hidden_states=states.to(self.unet.dtype),
                              encoder_attention_mask=mask).sample.float()
 
-    def _torch_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
-            return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+    def _torch_decode(self, latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        set_decoder_noise_generator(self.vae, generator)
+        try:
+            with self._autocast():
+                return self.vae.decode(latents.to(self.vae.dtype)).sample.float()
+        finally:
+            set_decoder_noise_generator(self.vae, None)
 
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         states, mask = self.text_encoder.encode(prompts)
@@ -319,11 +323,15 @@ class XRayDiffusionPipeline(DiffusionPipeline):
             self._empty_prompt_cache = embedding
         return embedding
 
-    def decode_latents(self, latents: torch.Tensor, backend: str = "torch") -> torch.Tensor:
-        """Scaled latents -> images (N, 1, H, W) in [0, 1], decoded by `backend`'s decoder."""
+    def decode_latents(self, latents: torch.Tensor, backend: str = "torch", generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled latents -> images (N, 1, H, W) in [0, 1], decoded by `backend`'s decoder.
+
+        A decoder with noise inputs draws its noise from `generator` (generation passes the one its
+        initial noise came from, so a seed fixes the whole image), else from torch's global generator.
+        """
         config = self.vae.config
         runtime = self.runtime_models(backend, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
-        decoded = runtime.decode(latents / config.scaling_factor + (config.shift_factor or 0.0))
+        decoded = runtime.decode(latents / config.scaling_factor + (config.shift_factor or 0.0), generator)
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_images(self, images: torch.Tensor, sample_generator: torch.Generator | None = None) -> torch.Tensor:
@@ -546,7 +554,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
                                guided_steps=guided_steps, backend=backend)
 
         # 4. Decode.
-        images = self.decode_latents(latents, backend)[:, 0].numpy()
+        images = self.decode_latents(latents, backend, generator)[:, 0].numpy()
         runtime = self.runtime_models(backend, height, width)
         arrays = [np.ascontiguousarray(img, dtype=np.float32) for img in images]
         pils = [Image.fromarray((np.clip(a, 0, 1) * 255.0 + 0.5).astype(np.uint8), mode="L") for a in arrays]
@@ -690,7 +698,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
                                backend=backend)
 
         # 4. Decode, and put the source pixels back outside the mask.
-        decoded = np.ascontiguousarray(self.decode_latents(latents, backend)[0, 0].numpy(), dtype=np.float32)
+        decoded = np.ascontiguousarray(self.decode_latents(latents, backend, generator)[0, 0].numpy(), dtype=np.float32)
         edited = editing.composite(decoded, source, mask_array)
         metadata = {
             "model": self.model_name,

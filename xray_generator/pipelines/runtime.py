@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from xray_generator.models.autoencoder import latent_channels, latent_packing
+from xray_generator.models.autoencoder import decoder_noise_inputs, decoder_noise_modules, draw_decoder_noise, latent_channels, latent_packing
 from xray_generator.precision import cpu_has_native_bf16
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -122,14 +122,19 @@ class _UNetGraph(torch.nn.Module):
 
 
 class _DecoderGraph(torch.nn.Module):
-    """The VAE's decode (post-quant conv + decoder) on unscaled latents."""
+    """The VAE's decode (post-quant conv + decoder) on unscaled latents; a decoder with noise inputs
+    takes its noise as further inputs, so the exported graph holds no random draw."""
 
     def __init__(self, vae: torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, latents):
-        return self.vae.decode(latents).sample
+    def forward(self, latents, *noise):
+        decoder_noise_inputs(self.vae, noise if noise else None)
+        try:
+            return self.vae.decode(latents).sample
+        finally:
+            decoder_noise_inputs(self.vae, None)
 
 
 def export_key(unet: torch.nn.Module, vae: torch.nn.Module, text_length: int, latent_size: tuple[int, int]) -> str:
@@ -137,6 +142,8 @@ def export_key(unet: torch.nn.Module, vae: torch.nn.Module, text_length: int, la
     graph = {"recipe": EXPORT_RECIPE, "torch": torch.__version__, "text_length": text_length, "latent_size": list(latent_size)}
     if latent_packing(vae) != 1:  # packing changes the decoder's graph, not its tensors
         graph["latent_packing"] = latent_packing(vae)
+    if decoder_noise_modules(vae):  # so do noise inputs
+        graph["decoder_noise_inputs"] = len(decoder_noise_modules(vae))
     recipe = json.dumps(graph)
     weights = tensors_sha256(unet, vae.post_quant_conv if vae.post_quant_conv is not None else torch.nn.Identity(), vae.decoder)
     return hashlib.sha256(f"{weights}|{recipe}".encode()).hexdigest()[:24]
@@ -178,7 +185,9 @@ def export_onnx_models(unet: torch.nn.Module, vae: torch.nn.Module, folder: Path
             del graph
         if not (folder / "decoder.onnx").is_file():
             graph = _DecoderGraph(copy.deepcopy(vae).float().to(memory_format=torch.contiguous_format)).eval()
-            _export_onnx(graph, (torch.randn(1, latent_channels(vae), height, width),), ("latents",), "image", folder / "decoder.onnx")
+            latents = torch.randn(1, latent_channels(vae), height, width)
+            noise = tuple(draw_decoder_noise(vae, tuple(latents.shape), None))
+            _export_onnx(graph, (latents, *noise), ("latents", *(f"noise_{i}" for i in range(len(noise)))), "image", folder / "decoder.onnx")
             del graph
     return folder
 
@@ -190,7 +199,7 @@ class RuntimeModels:
     backend: str
     precision: str
     unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    decode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]  # latents, the generator of the decoder's noise (if it has any)
     folder: Path | None = None
 
 
@@ -264,7 +273,9 @@ def load_runtime(backend: str, unet: torch.nn.Module, vae: torch.nn.Module, text
                   states.float().contiguous().numpy(), mask.bool().contiguous().numpy())
         return torch.from_numpy(run_unet(*arrays))
 
-    def decode_call(latents: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(run_decoder(latents.float().contiguous().numpy()))
+    def decode_call(latents: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        # The same draws, in the same order, as PyTorch's decoder makes from this generator.
+        noise = [n.numpy() for n in draw_decoder_noise(vae, tuple(latents.shape), generator)]
+        return torch.from_numpy(run_decoder(latents.float().contiguous().numpy(), *noise))
 
     return RuntimeModels(backend=backend, precision=actual, unet=unet_call, decode=decode_call, folder=folder)

@@ -54,6 +54,31 @@ def local_amplitude_loss(prediction: torch.Tensor, target: torch.Tensor, patch: 
     return (log_amplitude(prediction) - log_amplitude(target)).abs().mean()
 
 
+def band_power_loss(prediction: torch.Tensor, target: torch.Tensor, edges: tuple[float, ...], min_radius: float = 4.0) -> torch.Tensor:
+    """L1 between each image's log10 mean power in radial frequency bands (`edges` in cycles per pixel).
+
+    Unlike the local amplitude term, which compares each frequency of each small patch and so pays for the
+    expected amplitude there, this compares the power of whole bands of each image: many frequencies
+    averaged, so a decoder that draws texture from noise can meet it with texture of the right power
+    (a random texture's amplitude at any one frequency is itself random). Bands whose upper edge lies
+    within `min_radius` frequency steps of zero are skipped: a crop has too few frequencies there.
+    Images are mean-removed and Hann-windowed, as the realism test's spectrum is.
+    """
+    if prediction.shape != target.shape or prediction.shape[-1] != prediction.shape[-2]:
+        raise ValueError(f"need square images of one shape, got {tuple(prediction.shape)} and {tuple(target.shape)}")
+    size = prediction.shape[-1]
+    window = torch.hann_window(size, periodic=False, device=prediction.device, dtype=prediction.dtype)
+    window = window[:, None] * window[None, :]
+    radius = torch.hypot(torch.fft.fftfreq(size, device=prediction.device)[:, None], torch.fft.rfftfreq(size, device=prediction.device)[None, :])
+    masks = [(radius >= low) & (radius < high + 1e-9) for low, high in zip(edges[:-1], edges[1:]) if high * size > min_radius]
+
+    def band_log_power(x: torch.Tensor) -> torch.Tensor:
+        power = torch.fft.rfft2((x - x.mean(dim=(-2, -1), keepdim=True)) * window).abs().pow(2)
+        return torch.log10(torch.stack([power[..., mask].mean(dim=-1) for mask in masks], dim=-1) + 1e-10)
+
+    return (band_log_power(prediction) - band_log_power(target)).abs().mean()
+
+
 def laplacian(x: torch.Tensor) -> torch.Tensor:
     """The 4-neighbour Laplacian of (N, C, H, W) images (replicate padding): the high-pass a film's texture lives in."""
     kernel = x.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).expand(x.shape[1], 1, 3, 3)

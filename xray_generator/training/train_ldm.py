@@ -34,7 +34,7 @@ from xray_generator.models.unet import build_unet, copy_matching_tensors
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, agreed, check_ranks_agree, process_slice
-from xray_generator.weights import replace_folder_atomically, sha256_file, verify_manifest, write_manifest
+from xray_generator.weights import replace_folder_atomically, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
 # Prompts shown in the sample grid written at every checkpoint (also used by the model card).
@@ -58,14 +58,28 @@ def _manifest_digest(manifest: Manifest) -> str:
 def latent_cache_dir(base: str | Path, autoencoder_dir: str | Path, train_manifest: Manifest) -> Path:
     """Where the latents of `train_manifest` under the autoencoder in `autoencoder_dir` are cached.
 
-    Keyed by the autoencoder's weights and the train table, so the UNet trainer and a frozen-encoder
-    decoder fine-tune share one cache, and any change to either encodes anew.
+    Keyed by the encoder's weights and the train table, so the UNet trainer and a frozen-encoder
+    decoder fine-tune share one cache (a fine-tuned decoder exported beside the same encoder finds it too),
+    and any change to either encodes anew.
     """
-    vae_digest = sha256_file(Path(autoencoder_dir) / "diffusion_pytorch_model.safetensors")[:12]
+    vae_digest = encoder_digest(Path(autoencoder_dir) / "diffusion_pytorch_model.safetensors")[:12]
     # Packing lays the same weights' latents out differently (models/autoencoder.py), so it is part of the key.
     packing = json.loads((Path(autoencoder_dir) / "config.json").read_text()).get(LATENT_PACKING_KEY, 1)
     packed = f"_packed{packing}" if packing != 1 else ""
-    return Path(base) / f"vae-{vae_digest}{packed}_data-{_manifest_digest(train_manifest)}"
+    return Path(base) / f"encoder-{vae_digest}{packed}_data-{_manifest_digest(train_manifest)}"
+
+
+def encoder_digest(weights_file: str | Path) -> str:
+    """sha256 over the encoder half's tensors (`encoder.*`, `quant_conv.*`) of an autoencoder file: all a latent depends on."""
+    from safetensors import safe_open
+
+    digest = hashlib.sha256()
+    with safe_open(str(weights_file), framework="pt") as handle:
+        for key in sorted(key for key in handle.keys() if key.startswith(("encoder.", "quant_conv."))):
+            tensor = handle.get_tensor(key).contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 Loss = L1 + ssim_weight * (1 - SSIM) + gradient_weight * edge L1 + kl_weight * KL
        + perceptual_weight * classifier-feature distance
        + amplitude_weight * local log-amplitude L1 (phase-free: detail energy without its exact position)
+       + band_power_weight * L1 of each image's log power in radial frequency bands (the realism test's spectrum bands)
        (+ adversarial_weight [x adaptive weight] * PatchGAN hinge term after `adversarial_from_step`).
 
 The decoder recipe of the latent-diffusion autoencoder (Esser et al. 2021, Rombach et al. 2022):
@@ -32,16 +33,17 @@ from tqdm import tqdm
 from xray_generator.data.datasets import LatentCropDataset, RandomCropDataset, load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
-from xray_generator.evaluation.realism import radial_power_spectrum, spectrum_band_gaps
-from xray_generator.models.autoencoder import build_autoencoder, downsampling_factor, latent_description, load_autoencoder, warm_start_autoencoder
+from xray_generator.evaluation.realism import SPECTRUM_BAND_EDGES, radial_power_spectrum, spectrum_band_gaps
+from xray_generator.models.autoencoder import (build_autoencoder, decoder_noise_modules, downsampling_factor, latent_description, load_autoencoder,
+                                               warm_start_autoencoder)
 from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
-from xray_generator.training.losses import (PatchDiscriminator, adaptive_adversarial_weight, gradient_loss, hinge_discriminator_loss,
-                                            local_amplitude_loss, ssim_loss)
+from xray_generator.training.losses import (PatchDiscriminator, adaptive_adversarial_weight, band_power_loss, gradient_loss,
+                                            hinge_discriminator_loss, local_amplitude_loss, ssim_loss)
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "l1", "ssim_term", "grad_term", "perc_term", "kl", "latent_drift",
-              "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap", "amp_term"]
+              "adv_g", "adv_weight", "adv_d", "lr", "val_psnr", "val_ssim", "val_band_gap", "amp_term", "noise_strength", "band_term"]
 
 
 DISCRIMINATOR_FILE = "discriminator.safetensors"
@@ -87,6 +89,12 @@ def evaluate_reconstruction(autoencoder, frames: list[np.ndarray]) -> tuple[floa
         _, rec_power = radial_power_spectrum(recs)
         band_gap = spectrum_band_gaps(real_power, rec_power, frequency)["value"]
     return float(np.mean(psnrs)), float(np.mean(ssims)), band_gap
+
+
+def mean_noise_strength(autoencoder) -> float | str:
+    """The decoder's mean absolute noise strength ("" for a deterministic decoder), logged to follow how much texture it draws."""
+    strengths = [module.noise_strength.detach().abs().mean().item() for module in decoder_noise_modules(autoencoder)]
+    return float(np.mean(strengths)) if strengths else ""
 
 
 def cached_latents_per_image(config: dict, autoencoder, train_manifest) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -158,7 +166,13 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         # test and this one did not, so the shipped config leaves it out; the option stays for such comparisons.
         discriminator.load_state_dict(load_file(str(verified_discriminator(config["discriminator_init_from"]))), strict=True)
     trainable = [p for p in autoencoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
+    # Noise strengths start at zero and must reach the scale of the feature maps (order 0.1) within a
+    # fine-tune whose lr moves a weight by ~lr per step, so they may learn faster (`noise_lr_scale`).
+    noise = {id(module.noise_strength) for module in decoder_noise_modules(autoencoder)}
+    groups = [{"params": [p for p in trainable if id(p) not in noise], "lr_scale": 1.0}]
+    if noise:
+        groups.append({"params": [p for p in trainable if id(p) in noise], "lr_scale": train_cfg.get("noise_lr_scale", 1.0)})
+    opt = torch.optim.AdamW(groups, lr=train_cfg["lr"], betas=(0.9, 0.99), weight_decay=0.0)
     opt_d = torch.optim.AdamW(discriminator.parameters(), lr=train_cfg["lr"], betas=(0.5, 0.9), weight_decay=0.0)
     ema = EMA(autoencoder, train_cfg.get("ema_decay", 0.999))
 
@@ -218,7 +232,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             # Decay to 10% so the last steps of a fixed-length fine-tune settle instead of bouncing.
             lr *= 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         adversarial_from = train_cfg.get("adversarial_from_step", max_steps)
         train_d = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= train_cfg.get("discriminator_from_step", adversarial_from)
         use_adv = train_cfg.get("adversarial_weight", 0.0) > 0 and step >= adversarial_from
@@ -236,6 +250,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         s_term = ssim_loss(rec, x)
         g_term = gradient_loss(rec, x)
         a_term = local_amplitude_loss(rec, x) if train_cfg.get("amplitude_weight", 0.0) > 0 else torch.zeros(())
+        b_term = band_power_loss(rec, x, SPECTRUM_BAND_EDGES) if train_cfg.get("band_power_weight", 0.0) > 0 else torch.zeros(())
         p_term = torch.zeros(())
         if perceptual is not None:
             with accelerator.autocast():
@@ -245,7 +260,8 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
             mean, logvar = posterior.mean.float(), posterior.logvar.float()
             kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
         rec_loss = (l1 + train_cfg["ssim_weight"] * s_term + train_cfg["gradient_weight"] * g_term
-                    + train_cfg.get("perceptual_weight", 0.0) * p_term + train_cfg.get("amplitude_weight", 0.0) * a_term)
+                    + train_cfg.get("perceptual_weight", 0.0) * p_term + train_cfg.get("amplitude_weight", 0.0) * a_term
+                    + train_cfg.get("band_power_weight", 0.0) * b_term)
         loss = rec_loss + train_cfg["kl_weight"] * kl
         drift = torch.zeros(())
         if anchor is not None:
@@ -295,6 +311,8 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                 "kl": kl.item(), "latent_drift": drift.item(), "adv_g": adv_g.item(), "adv_weight": adv_weight.item(), "adv_d": adv_d.item(), "lr": lr,
                 "val_psnr": val[0] if val else "", "val_ssim": val[1] if val else "", "val_band_gap": val[2] if val else "",
                 "amp_term": a_term.item(),
+                "noise_strength": mean_noise_strength(accelerator.unwrap_model(autoencoder)),
+                "band_term": b_term.item(),
             })
         if out_of_time:
             break
@@ -372,6 +390,9 @@ def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict
         "Research use only, not for clinical use. Everything it decodes is synthetic.", "",
         f"- Latent: {latent_description(autoencoder)}; block widths {list(autoencoder.config.block_out_channels)}.",
         f"- Parameters: {params:,} ({decoder_params:,} in the decoder).",
+        *([f"- Decoder noise inputs: {len(decoder_noise_modules(autoencoder))} resnets add Gaussian noise x a learned per-channel strength "
+           f"(mean |strength| {mean_noise_strength(autoencoder):.4f}); generation draws it from the image's seed."]
+          if decoder_noise_modules(autoencoder) else []),
         f"- Checkpoint: step {state['step']:,}, {state['samples_seen']:,} training crops seen, "
         f"{state['wall_seconds'] / 3600:.2f} wall-hours of CPU training; run started {state.get('started') or 'unknown'}, "
         f"this checkpoint written {state.get('updated') or 'unknown'} (UTC).",
@@ -381,7 +402,8 @@ def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict
         "- Loss: L1" + "".join(f" + {weight} x {name}" for name, weight in (
             ("(1 - SSIM)", train_cfg.get("ssim_weight", 0)), ("edge L1", train_cfg.get("gradient_weight", 0)),
             ("classifier-feature perceptual distance", train_cfg.get("perceptual_weight", 0)),
-            ("local log-amplitude L1", train_cfg.get("amplitude_weight", 0)), ("KL", train_cfg.get("kl_weight", 0))) if weight)
+            ("local log-amplitude L1", train_cfg.get("amplitude_weight", 0)),
+            ("radial band log-power L1", train_cfg.get("band_power_weight", 0)), ("KL", train_cfg.get("kl_weight", 0))) if weight)
         + (f" + hinge patch discriminator (weight {train_cfg['adversarial_weight']}"
            f"{' x adaptive' if train_cfg.get('adaptive_adversarial_weight') else ''}, from step {train_cfg.get('adversarial_from_step')})"
            if train_cfg.get("adversarial_weight") else "") + ".",
