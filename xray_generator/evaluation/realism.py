@@ -334,18 +334,23 @@ def roundtrip_images(pipe, images: Sequence[np.ndarray], batch_size: int = 16) -
 
     # A decoder with noise inputs draws from a fixed generator, so a round trip's metrics repeat exactly.
     noise = torch.Generator().manual_seed(0)
-    if not hasattr(pipe, "decode_latents"):
+    bare = not hasattr(pipe, "decode_latents")
+    if bare:
         set_decoder_noise_generator(pipe, noise)
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.stack(images[start:start + batch_size])[:, None].astype(np.float32))
-            if hasattr(pipe, "decode_latents"):
-                decoded = pipe.decode_latents(pipe.encode_images(batch), generator=noise)
-            else:  # the pipeline's own scaling cancels in a round trip, so a bare autoencoder skips it
-                mean = pipe.encode(batch * 2.0 - 1.0).latent_dist.mode()
-                decoded = ((pipe.decode(mean).sample + 1.0) / 2.0).clamp(0.0, 1.0)
-            out.extend(np.round(decoded[:, 0].float().numpy() * 255.0).astype(np.float32) / 255.0)
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(np.stack(images[start:start + batch_size])[:, None].astype(np.float32))
+                if not bare:
+                    decoded = pipe.decode_latents(pipe.encode_images(batch), generator=noise)
+                else:  # the pipeline's own scaling cancels in a round trip, so a bare autoencoder skips it
+                    mean = pipe.encode(batch * 2.0 - 1.0).latent_dist.mode()
+                    decoded = ((pipe.decode(mean).sample + 1.0) / 2.0).clamp(0.0, 1.0)
+                out.extend(np.round(decoded[:, 0].float().numpy() * 255.0).astype(np.float32) / 255.0)
+    finally:
+        if bare:  # the caller's autoencoder draws from torch's global generator again
+            set_decoder_noise_generator(pipe, None)
     return out
 
 
