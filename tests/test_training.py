@@ -420,7 +420,7 @@ def test_the_adversarial_decoder_recipe_trains_on_cached_latent_crops_with_the_e
     config = tiny_config("vae_tiny.json", max_steps=3, freeze_encoder=True, latent_crops=True, perceptual_weight=0.5,
                          ssim_weight=0.0, gradient_weight=0.0, kl_weight=0.0, adversarial_weight=0.5,
                          adaptive_adversarial_weight=True, discriminator_highpass=True, amplitude_weight=0.5,
-                         discriminator_from_step=0, adversarial_from_step=1)
+                         discriminator_from_step=0, adversarial_from_step=1, reconstruction_blur_sigma=1.5)
     config["init_from"], config["cache_dir"] = str(source_dir), str(tmp_path / "cache")
     state = train_vae.train_vae(config, tmp_path / "gan_run", data_dir=SAMPLE)
     assert state["step"] == 3
@@ -488,6 +488,33 @@ def test_the_local_amplitude_loss_asks_for_detail_energy_but_not_its_exact_posit
     assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="differ"):
         local_amplitude_loss(film, film[..., :32])
+
+
+def test_blurred_pixel_terms_keep_the_coarse_image_and_leave_the_finest_bands_free():
+    """`reconstruction_blur_sigma`: a 1.5-px Gaussian passes half the amplitude at 1/8 cycle per pixel and
+    almost none at 1/2, so an independent draw of fine texture over the same anatomy costs a fraction of its
+    plain L1, while a shifted coarse image still costs as much as before."""
+    import math
+
+    import torch
+
+    from xray_generator.training.losses import gaussian_blur
+
+    size = 128
+    columns = torch.arange(size, dtype=torch.float32)
+    for cycles_per_px, expected in ((1 / 8, math.exp(-2 * (math.pi * 1.5 / 8) ** 2)), (1 / 2, 0.0)):
+        wave = torch.cos(2 * math.pi * cycles_per_px * columns).expand(1, 1, size, size)
+        kept = gaussian_blur(wave, 1.5)[..., 16:-16, 16:-16].abs().amax().item()
+        assert kept == pytest.approx(expected, abs=0.01)
+    generator = torch.Generator().manual_seed(0)
+    anatomy = gaussian_blur(torch.randn(1, 1, size, size, generator=generator), 4.0) * 4
+    texture, other_texture = (torch.randn(1, 1, size, size, generator=generator) * 0.05 for _ in range(2))
+    film, redraw, shifted = anatomy + texture, anatomy + other_texture, torch.roll(anatomy, 3, dims=-1) + texture
+    plain = lambda a, b: (a - b).abs().mean().item()  # noqa: E731
+    blurred = lambda a, b: plain(gaussian_blur(a, 1.5), gaussian_blur(b, 1.5))  # noqa: E731
+    assert blurred(redraw, film) < 0.25 * plain(redraw, film)
+    assert blurred(shifted, film) > 0.8 * plain(shifted, film)
+    assert torch.allclose(gaussian_blur(torch.full((2, 1, 16, 16), 0.3), 1.5), torch.full((2, 1, 16, 16), 0.3))
 
 
 def test_the_band_power_loss_is_met_by_other_noise_of_the_same_power_but_not_by_a_blur():

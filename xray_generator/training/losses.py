@@ -12,6 +12,17 @@ def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
     return (g[:, None] * g[None, :])[None, None]
 
 
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(N, C, H, W) images blurred by a Gaussian of `sigma` px (window 6 sigma + 1, reflect padding)."""
+    radius = max(1, int(round(3 * sigma)))
+    coords = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, -1)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel[:, :, None, :], groups=x.shape[1])
+    return F.conv2d(x, kernel[:, :, :, None], groups=x.shape[1])
+
+
 def ssim_loss(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 2.0) -> torch.Tensor:
     """1 - mean SSIM (Gaussian window 11, sigma 1.5) for (N, 1, H, W) tensors."""
     window = _gaussian_window(11, 1.5, prediction.device, prediction.dtype)

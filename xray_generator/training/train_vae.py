@@ -1,6 +1,7 @@
 """Stage 1: train the 1-channel AutoencoderKL on radiograph crops, then on near-full frames.
 
 Loss = L1 + ssim_weight * (1 - SSIM) + gradient_weight * edge L1 + kl_weight * KL
+       (the three pixel terms on images blurred by `reconstruction_blur_sigma` px where it is set)
        + perceptual_weight * classifier-feature distance
        + amplitude_weight * local log-amplitude L1 (phase-free: detail energy without its exact position)
        + band_power_weight * L1 of each image's log power in radial frequency bands (the realism test's spectrum bands)
@@ -38,7 +39,7 @@ from xray_generator.models.autoencoder import (build_autoencoder, decoder_noise_
                                                warm_start_autoencoder)
 from xray_generator.precision import cpu_bf16_autocast, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, add_train_command
-from xray_generator.training.losses import (PatchDiscriminator, adaptive_adversarial_weight, band_power_loss, gradient_loss,
+from xray_generator.training.losses import (PatchDiscriminator, adaptive_adversarial_weight, band_power_loss, gaussian_blur, gradient_loss,
                                             hinge_discriminator_loss, local_amplitude_loss, ssim_loss)
 from xray_generator.training.perceptual import classifier_perceptual_loss, load_optional_classifier
 
@@ -209,6 +210,7 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     crop_iter, frame_iter = iter(crop_loader), iter(frame_loader)
 
     max_steps = train_cfg["max_steps"]
+    blur_sigma = float(train_cfg.get("reconstruction_blur_sigma", 0.0))
     full_from = int(train_cfg["full_frame_from_fraction"] * max_steps)
     schedule = CheckpointSchedule(train_cfg["checkpoint_minutes"], max_minutes, state["wall_seconds"])
     bar = tqdm(total=max_steps, initial=state["step"], desc="vae", dynamic_ncols=True, mininterval=5)
@@ -247,9 +249,13 @@ def train_vae(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                 rec = autoencoder.decode(posterior.sample()).sample
         # Losses in fp32: SSIM's variance terms and the KL's exp(logvar) are unstable in bf16.
         rec = rec.float()
-        l1 = (rec - x).abs().mean()
-        s_term = ssim_loss(rec, x)
-        g_term = gradient_loss(rec, x)
+        # The pixel terms may compare blurred images (`reconstruction_blur_sigma`): detail finer than the
+        # latent fixes is stochastic, and a pixel loss on it pays the decoder to draw its blurred mean;
+        # blurred, they keep the anatomy in place and leave the finest bands to the discriminator.
+        rec_px, x_px = (gaussian_blur(rec, blur_sigma), gaussian_blur(x, blur_sigma)) if blur_sigma > 0 else (rec, x)
+        l1 = (rec_px - x_px).abs().mean()
+        s_term = ssim_loss(rec_px, x_px)
+        g_term = gradient_loss(rec_px, x_px)
         a_term = local_amplitude_loss(rec, x) if train_cfg.get("amplitude_weight", 0.0) > 0 else torch.zeros(())
         b_term = band_power_loss(rec, x, SPECTRUM_BAND_EDGES) if train_cfg.get("band_power_weight", 0.0) > 0 else torch.zeros(())
         p_term = torch.zeros(())
@@ -405,6 +411,7 @@ def autoencoder_card(autoencoder, config: dict, state: dict, log_rows: list[dict
             ("classifier-feature perceptual distance", train_cfg.get("perceptual_weight", 0)),
             ("local log-amplitude L1", train_cfg.get("amplitude_weight", 0)),
             ("radial band log-power L1", train_cfg.get("band_power_weight", 0)), ("KL", train_cfg.get("kl_weight", 0))) if weight)
+        + (f" (pixel terms on images blurred by a {train_cfg['reconstruction_blur_sigma']} px Gaussian)" if train_cfg.get("reconstruction_blur_sigma") else "")
         + (f" + hinge patch discriminator (weight {train_cfg['adversarial_weight']}"
            f"{' x adaptive' if train_cfg.get('adaptive_adversarial_weight') else ''}, from step {train_cfg.get('adversarial_from_step')})"
            if train_cfg.get("adversarial_weight") else "") + ".",
