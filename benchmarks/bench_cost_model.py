@@ -6,12 +6,13 @@ unconditional and conditional together) and the VAE decode, this prints
   - bytes: the fp32 weights, plus twice every leaf module's output (each activation written once
     and read at least once), an estimate of the memory traffic a pass cannot avoid;
   - the median time of each backend, measured interleaved (round robin) in the same run, and the
-    share of the CPU's fp32 peak it reaches;
+    share of the CPU's peak it reaches (fp32, or bf16 with --precision bf16 / auto on a CPU with native bf16);
 and the per-image total for the shipped settings with its lower bound at 100 % of peak.
 
-The peak is cores x SIMD lanes x FMA units x 2 x clock, from /proc/cpuinfo (see `cpu_peak`).
+The peak is cores x SIMD lanes x FMA units x 2 x clock, from /proc/cpuinfo (see `cpu_peak`); bf16 is
+twice that with AVX-512 BF16, and AMX's tile rate where AMX is present.
 
-    python benchmarks/bench_cost_model.py [--repeats 9] [--backends torch onnxruntime openvino] [--json FILE]
+    python benchmarks/bench_cost_model.py [--repeats 9] [--backends torch onnxruntime openvino] [--precision auto] [--json FILE]
 """
 from __future__ import annotations
 
@@ -35,30 +36,45 @@ from xray_generator.io import atomic_write_text  # noqa: E402
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline  # noqa: E402
 from xray_generator.precision import cpu_flags  # noqa: E402
 
-# FMA units per core, by vendor: AMD Zen 2-4 and Intel server cores since Skylake-SP (Gold/Platinum)
-# issue two 256-bit (Zen) or two 512-bit (Intel) FMAs per cycle. An assumption, stated in the output.
-FMA_UNITS = 2
+def fma_units(vendor: str, family: int, flags: set[str]) -> int:
+    """Full-width FMAs per core per cycle (an assumption, stated in the output).
+
+    Intel server cores since Skylake-SP (Gold/Platinum) issue two 512-bit FMAs per cycle, AMD Zen 2-4 two
+    256-bit ones. Zen 4 (family 25 with AVX-512) runs a 512-bit FMA as two 256-bit halves, so at 16 lanes it
+    issues one per cycle: counting two would double its peak.
+    """
+    if vendor == "AuthenticAMD" and "avx512f" in flags and family <= 25:
+        return 1
+    return 2
 
 
 def cpu_peak() -> dict:
-    """fp32 (and AMX bf16, where present) peak FLOP/s of the cores this process may use."""
+    """fp32 and bf16 peak FLOP/s (AVX-512 BF16 or AMX, where present) of the cores this process may use."""
     flags = cpu_flags()
     text = Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "unknown")
+
+    def field(name: str, default: str = "unknown") -> str:
+        return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == name), default)
+
+    model, vendor, family = field("model name"), field("vendor_id"), int(field("cpu family", "0") or 0)
     mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
     clock_ghz = (max(mhz) if mhz else float("nan")) / 1000.0
     cores = len(os.sched_getaffinity(0))
     lanes = 16 if "avx512f" in flags else 8 if "avx2" in flags else 4
-    fp32_peak = cores * lanes * FMA_UNITS * 2 * clock_ghz * 1e9
+    units = fma_units(vendor, family, flags)
+    fp32_peak = cores * lanes * units * 2 * clock_ghz * 1e9
     peak = {
-        "model": model, "cores": cores, "clock_ghz": round(clock_ghz, 3), "fp32_lanes": lanes, "fma_units_assumed": FMA_UNITS,
-        "fp32_peak_gflops": round(fp32_peak / 1e9, 1),
+        "model": model, "vendor": vendor, "family": family, "cores": cores, "clock_ghz": round(clock_ghz, 3), "fp32_lanes": lanes,
+        "fma_units_assumed": units, "fp32_peak_gflops": round(fp32_peak / 1e9, 1),
         "clock_note": "the clock /proc/cpuinfo reports (a VM reports the nominal TSC rate; boost can be higher)",
         "amx": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
     }
     if peak["amx"]:
         # AMX TMUL: 1024 bf16 multiply-adds per cycle per core (Sapphire Rapids).
-        peak["amx_bf16_peak_gflops"] = round(cores * 1024 * 2 * clock_ghz, 1)
+        peak["bf16_peak_gflops"] = round(cores * 1024 * 2 * clock_ghz, 1)
+    elif peak["avx512_bf16"]:
+        # VDPBF16PS: each fp32 lane accumulates two bf16 products per instruction, twice fp32's rate.
+        peak["bf16_peak_gflops"] = round(2 * fp32_peak / 1e9, 1)
     return peak
 
 
@@ -95,9 +111,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--backends", nargs="+", default=["torch", "onnxruntime", "openvino"])
     parser.add_argument("--json", default=None)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                        help="fp32 (default), bf16, or auto: what generation uses on this CPU (bf16 where it is native)")
     args = parser.parse_args()
 
-    pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "auto": None}[args.precision]
+    pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=dtype)
     settings = pipe.resolve_settings()
     latent = (pipe.unet.config.in_channels, settings["height"] // pipe.vae_scale_factor, settings["width"] // pipe.vae_scale_factor)
     states, mask = pipe.encode_prompt([PROMPT])
@@ -118,7 +137,9 @@ def main() -> None:
                            "runs": {name: (lambda rt=rt: rt.decode(latents)) for name, rt in runtimes.items()}}
 
     peak = cpu_peak()
-    peak_flops = peak["fp32_peak_gflops"] * 1e9
+    if pipe.precision == "bf16" and "bf16_peak_gflops" not in peak:
+        print("note: bf16 is emulated on this CPU; shares below are of its fp32 peak")
+    peak_flops = peak.get("bf16_peak_gflops" if pipe.precision == "bf16" else "fp32_peak_gflops", peak["fp32_peak_gflops"]) * 1e9
     times: dict[tuple[str, str], list[float]] = {}
     with torch.no_grad():
         for part in parts.values():
@@ -151,12 +172,15 @@ def main() -> None:
         seconds = sum(r["per_image"] * r["backends"][name]["median_ms"] / 1000 for r in rows)
         totals[name] = round(seconds, 3)
     total_flops = sum(r["per_image"] * r["gflop"] for r in rows) * 1e9
-    result = {"cpu": peak, "threads": torch.get_num_threads(), "settings": settings, "guided_steps": guided, "parts": rows,
+    result = {"cpu": peak, "precision": pipe.precision, "peak_gflops_used": round(peak_flops / 1e9, 1),
+              "threads": torch.get_num_threads(), "settings": settings, "guided_steps": guided, "parts": rows,
               "per_image_gflop": round(total_flops / 1e9, 2), "per_image_seconds_at_peak": round(total_flops / peak_flops, 3),
               "per_image_seconds_sum_of_parts": totals, "peak_rss_mb": round(peak_rss_mb(), 1), "repeats": args.repeats}
 
-    print(f"CPU: {peak['model']}, {peak['cores']} cores usable, {peak['clock_ghz']} GHz reported, {peak['fp32_lanes']} fp32 lanes x "
-          f"{FMA_UNITS} FMA units (assumed) -> fp32 peak {peak['fp32_peak_gflops']} GFLOP/s; AMX: {peak['amx']}; threads {result['threads']}")
+    print(f"CPU: {peak['model']} ({peak['vendor']} family {peak['family']}), {peak['cores']} cores usable, {peak['clock_ghz']} GHz reported, "
+          f"{peak['fp32_lanes']} fp32 lanes x {peak['fma_units_assumed']} FMA units (assumed) -> fp32 peak {peak['fp32_peak_gflops']} GFLOP/s"
+          + (f", bf16 peak {peak['bf16_peak_gflops']} GFLOP/s" if "bf16_peak_gflops" in peak else "")
+          + f"; AMX: {peak['amx']}; threads {result['threads']}; precision {pipe.precision}, shares of {result['peak_gflops_used']} GFLOP/s")
     header = "| part | per image | GFLOP | MB moved (est.) | FLOP/byte | " + " | ".join(f"{n} ms (share of peak)" for n in args.backends) + " |"
     print(header)
     print("|" + "---|" * (5 + len(args.backends)))

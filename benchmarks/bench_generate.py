@@ -10,7 +10,8 @@ and the ratio of their medians.
 With --backends, the default settings are also timed on each backend (torch, onnxruntime,
 openvino), interleaved call by call so every backend sees the same load on a shared machine, and
 --parity N compares N prompt/seed pairs on each backend with PyTorch (8-bit pixels: max and mean
-absolute difference).
+absolute difference); where the default precision is bf16, also each backend (PyTorch's bf16 included)
+with PyTorch in fp32.
 
     python benchmarks/bench_generate.py [--weights weights/ldm] [--repeats 7] [--backends torch onnxruntime] [--parity 50]
 """
@@ -66,15 +67,19 @@ def time_backends(pipe, backends: list[str], repeats: int) -> dict[str, list[flo
     return times
 
 
-def pixel_parity(pipe, backends: list[str], n: int) -> dict[str, dict]:
-    """Max and mean |difference| of 8-bit pixels between each backend and torch over n prompt/seed pairs."""
+def pixel_parity(pipe, backends: list[str], n: int, reference_pipe=None) -> dict[str, dict]:
+    """Max and mean |difference| of 8-bit pixels between each backend and torch over n prompt/seed pairs.
+
+    With `reference_pipe` (an fp32 copy, for a bf16 run) every backend, torch in bf16 included, is
+    compared with PyTorch in fp32 instead: the path the bf16 images are an approximation of.
+    """
     from xray_generator.evaluation.samples import DIVERSITY_PROMPTS
 
     prompts = itertools.cycle(prompt for _, prompt in DIVERSITY_PROMPTS)
     pairs = [(next(prompts), seed) for seed in range(n)]
-    stats: dict[str, dict] = {backend: {"max": 0, "means": []} for backend in backends if backend != "torch"}
+    stats: dict[str, dict] = {backend: {"max": 0, "means": []} for backend in backends if backend != "torch" or reference_pipe is not None}
     for prompt, seed in pairs:
-        reference = np.asarray(pipe(prompt, seed=seed, backend="torch").pil_images[0], dtype=np.int16)
+        reference = np.asarray((reference_pipe or pipe)(prompt, seed=seed, backend="torch").pil_images[0], dtype=np.int16)
         for backend in stats:
             other = np.asarray(pipe(prompt, seed=seed, backend=backend).pil_images[0], dtype=np.int16)
             difference = np.abs(other - reference)
@@ -133,6 +138,8 @@ def main() -> None:
     reference_pipe = XRayDiffusionPipeline.from_pretrained(args.weights, torch_dtype=torch.float32)
     reference = dict(sampler="ddim", num_inference_steps=50, guidance_scale=10.0, backend="torch")
     reference_times = time_calls(reference_pipe, args.reference_repeats, **reference)
+    parity_fp32 = (pixel_parity(pipe, args.backends, args.parity, reference_pipe)
+                   if args.parity and args.backends and default_precision == "bf16" else {})
     del reference_pipe
 
     d_med, r_med = statistics.median(default_times), statistics.median(reference_times)
@@ -155,6 +162,7 @@ def main() -> None:
         "backends_interleaved": {backend: {"n": len(times), "median_s": round(statistics.median(times), 4), "all_s": [round(t, 4) for t in times]}
                                  for backend, times in backend_times.items()},
         "pixel_parity_vs_torch": parity,
+        "pixel_parity_vs_torch_fp32": parity_fp32,
         "peak_rss_mb_after_default": round(rss_default, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
@@ -168,6 +176,8 @@ def main() -> None:
               f"{r_med / statistics.median(times):.1f}x faster than the reference")
     for backend, s in parity.items():
         print(f"pixels    {backend} vs torch over {s['n']} prompt/seed pairs: max |diff| {s['max_abs_8bit']} grey levels, mean {s['mean_abs_8bit']}")
+    for backend, s in parity_fp32.items():
+        print(f"pixels    {backend} ({default_precision}) vs torch fp32 over {s['n']} prompt/seed pairs: max |diff| {s['max_abs_8bit']} grey levels, mean {s['mean_abs_8bit']}")
     print(f"edit      (strength 0.5, default settings): median {statistics.median(edit_times):.3f} s over {len(edit_times)}, {statistics.median(edit_times) / d_med:.2f}x the generation time")
     for (steps_alt, fraction), times in alternative_times.items():
         print(f"also      ({steps_alt} steps, guided share {fraction}): median {statistics.median(times):.3f} s over {len(times)}, {statistics.median(times) / d_med:.2f}x the default")
