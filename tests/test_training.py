@@ -112,6 +112,51 @@ def test_ldm_trainer_runs_resumes_and_exports(vae_run, tmp_path):
     assert abs(pipe.vae.config.scaling_factor - json.loads((CheckpointDir(run).latest() / "state.json").read_text())["latent_scale"]) < 1e-6
 
 
+def test_per_channel_latent_normalisation_round_trips_and_gives_each_channel_unit_spread():
+    """`latent_normalisation: per_channel`: each channel of the train latents gets mean 0 and spread 1 (one global
+    scale leaves a quiet channel far below 1), and denormalising gives the autoencoder's latents back."""
+    import torch
+
+    from xray_generator.models.autoencoder import denormalise_latents, normalise_latents
+
+    generator = torch.Generator().manual_seed(0)
+    spreads = torch.tensor([0.2, 1.0, 3.0, 0.5]).view(1, 4, 1, 1)
+    latents = {"mean_32": torch.randn(40, 4, 8, 8, generator=generator) * spreads + 0.7, "std_32": torch.zeros(40, 4, 8, 8)}
+    per_channel = train_ldm.latent_statistics(latents, per_channel=True)
+    normalised = normalise_latents(latents["mean_32"], per_channel)
+    assert torch.allclose(normalised.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(normalised.std(dim=(0, 2, 3)), torch.ones(4), atol=1e-3)
+    assert torch.allclose(denormalise_latents(normalised, per_channel), latents["mean_32"], atol=1e-5)
+    global_fields = train_ldm.latent_statistics(latents)
+    assert global_fields["latents_mean"] is None
+    assert normalise_latents(latents["mean_32"], global_fields).std(dim=(0, 2, 3)).min() < 0.2
+    with pytest.raises(ValueError, match="channels"):
+        normalise_latents(torch.zeros(1, 3, 8, 8), per_channel)
+
+
+@pytest.mark.precision
+def test_the_ldm_trainer_exports_per_channel_normalisation_that_generation_uses(vae_run, tmp_path):
+    import numpy as np
+    import torch
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("ldm_tiny.json", max_steps=1)
+    config.update(autoencoder=str(autoencoder), cache_dir=str(tmp_path / "cache"), latent_normalisation="per_channel")
+    run = tmp_path / "ldm_run"
+    train_ldm.train_ldm(config, run, data_dir=SAMPLE)
+    state = latest_state(run)
+    pipe = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(run, tmp_path / "exported"))
+    assert pipe.vae.config.latents_std == pytest.approx(state["latents_std"]) and len(state["latents_std"]) == pipe.unet.config.in_channels
+    assert pipe.vae.config.scaling_factor == 1.0
+    image = pipe("normal chest", seed=0).images[0]
+    assert image.shape == (256, 256) and image.std() > 0
+    # The encode path normalises the same way: a film's latents come back centred per channel.
+    latents = pipe.encode_images(torch.as_tensor(np.asarray(image, dtype=np.float32) / (255.0 if image.dtype == np.uint8 else 1.0))[None, None])
+    assert latents.shape[1] == len(state["latents_mean"]) and bool((latents.mean(dim=(0, 2, 3)).abs() < 5).all())
+
+
 @pytest.mark.precision
 def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_ones(vae_run, tmp_path):
     from xray_generator.training import model_card

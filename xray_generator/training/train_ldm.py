@@ -28,7 +28,7 @@ from xray_generator.data.prompts import prompt_variants
 from xray_generator.distributed import check_launch
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.model_vocabulary import TRAINING_VOCABULARY_FILE, training_vocabulary, write_training_vocabulary
-from xray_generator.models.autoencoder import LATENT_PACKING_KEY, load_autoencoder
+from xray_generator.models.autoencoder import LATENT_PACKING_KEY, latent_normalisation_fields, load_autoencoder, normalise_latents
 from xray_generator.models.text_encoder import FrozenTextEncoder, TextProjection
 from xray_generator.models.unet import build_unet, copy_matching_tensors
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
@@ -137,10 +137,19 @@ def cache_text(encoder: FrozenTextEncoder, manifest: Manifest, variants: int, ca
     return tensors
 
 
-def latent_statistics(latents: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(shift, scale) so that scaled latents have zero mean and unit variance over the train set."""
-    means = torch.cat([v.float().flatten() for k, v in latents.items() if k.startswith("mean_")])
-    return float(means.mean()), float(1.0 / means.std())
+def latent_statistics(latents: dict[str, torch.Tensor], per_channel: bool = False) -> dict:
+    """The autoencoder config fields that give the latents zero mean and unit spread over the train set.
+
+    One shift and scale for all channels (`shift_factor`, `scaling_factor`), or with `per_channel` a mean and
+    spread per channel (`latents_mean`, `latents_std`; `scaling_factor` 1): see `models.autoencoder.normalise_latents`.
+    """
+    means = [v.float() for k, v in latents.items() if k.startswith("mean_")]
+    if per_channel:
+        channels = torch.cat([m.transpose(0, 1).reshape(m.shape[1], -1) for m in means], dim=1)
+        return {"scaling_factor": 1.0, "shift_factor": 0.0,
+                "latents_mean": [float(v) for v in channels.mean(dim=1)], "latents_std": [float(v) for v in channels.std(dim=1)]}
+    flat = torch.cat([m.flatten() for m in means])
+    return {"scaling_factor": float(1.0 / flat.std()), "shift_factor": float(flat.mean()), "latents_mean": None, "latents_std": None}
 
 
 # ---------------------------------------------------------------------------- training
@@ -175,7 +184,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         val_latents = cache_latents(autoencoder, val_manifest, cache_dir / "val_latents.safetensors")
         text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
         val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
-    shift, scale = latent_statistics(train_latents)
+    normalisation = latent_statistics(train_latents, per_channel=config.get("latent_normalisation", "global") == "per_channel")
     ckpt = CheckpointDir(run_dir)
     # `--resume` on a run with no checkpoint yet is a first start (the README's commands always pass it),
     # so what a first start does (the warm start below) must depend on the checkpoint, not on the flag.
@@ -189,8 +198,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         # changed) would shift every input it sees, so the shipped ones are kept.
         shipped = XRayDiffusionPipeline.from_pretrained(config["init_from"], text_encoder=encoder, torch_dtype=torch.float32)
         check_same_encoder(autoencoder, shipped.vae, str(autoencoder_dir))
-        shift, scale = float(shipped.vae.config.shift_factor or 0.0), float(shipped.vae.config.scaling_factor)
-    autoencoder.register_to_config(scaling_factor=scale, shift_factor=shift)
+        normalisation = latent_normalisation_fields(shipped.vae.config)
+    autoencoder.register_to_config(**normalisation)
 
     unet = build_unet(config["unet"])
     projection = TextProjection(encoder.name, encoder.hidden_size, config["unet"]["cross_attention_dim"])
@@ -245,7 +254,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     val_size = max(int(k.split("_")[1]) for k in val_latents if k.startswith("mean_"))
     val_mean = val_latents[f"mean_{val_size}"].float()[: train_cfg.get("val_images", 64)]
     val_rows = val_latents[f"rows_{val_size}"][: len(val_mean)]
-    val_z = (val_mean - shift) * scale
+    val_z = normalise_latents(val_mean, autoencoder.config)
     val_noise = torch.randn(val_z.shape, generator=val_gen)
     val_t = torch.linspace(20, noise_scheduler.config.num_train_timesteps - 20, len(val_z)).long()
     val_prompts = val_text["variant_index"][val_rows, 0]
@@ -298,7 +307,7 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         rows = rng.integers(0, len(train_latents[f"rows_{bucket}"]), train_cfg["batch_size"] * accelerator.num_processes)
         mean = train_latents[f"mean_{bucket}"][rows].float()
         std = train_latents[f"std_{bucket}"][rows].float()
-        z = ((mean + std * torch.randn(mean.shape, generator=noise_generator)) - shift) * scale
+        z = normalise_latents(mean + std * torch.randn(mean.shape, generator=noise_generator), autoencoder.config)
         image_rows = train_latents[f"rows_{bucket}"][rows]
         variant = torch.from_numpy(rng.integers(0, text["variant_index"].shape[1], len(rows)))
         prompts = text["variant_index"][image_rows, variant]
@@ -335,7 +344,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
                     "ema_unet": ema_unet.state_dict(),
                     "ema_text_projection": ema_projection.state_dict(),
                 },
-                {**state, "val_loss": val, "latent_shift": shift, "latent_scale": scale, "autoencoder": str(autoencoder_dir)},
+                {**state, "val_loss": val, "latent_shift": normalisation["shift_factor"], "latent_scale": normalisation["scaling_factor"],
+                 "latents_mean": normalisation["latents_mean"], "latents_std": normalisation["latents_std"], "autoencoder": str(autoencoder_dir)},
                 {"optimizer": opt},
             )
             if train_cfg.get("sample_grid", True):
@@ -385,7 +395,8 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, text_encoder: str 
     autoencoder = load_autoencoder(autoencoder_dir or config["autoencoder"])
     if autoencoder_dir is not None:
         check_same_encoder(autoencoder, load_autoencoder(config["autoencoder"]), str(autoencoder_dir))
-    autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"])
+    autoencoder.register_to_config(scaling_factor=state["latent_scale"], shift_factor=state["latent_shift"],
+                                   latents_mean=state.get("latents_mean"), latents_std=state.get("latents_std"))
     encoder = FrozenTextEncoder(text_encoder or config["text_encoder"], max_length=config.get("text_max_length", 64))
     unet = build_unet(config["unet"])
     unet.load_state_dict({k: v for k, v in load_file(str(latest / "ema_unet.safetensors")).items()}, strict=False)
@@ -456,7 +467,7 @@ def ship_autoencoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
 
     Either the encoder is identical (a decoder fine-tune: the UNet's latents are unchanged) or the
     decoder is (an encoder fine-tune with its latents anchored to the old ones: what the UNet
-    generates decodes exactly as before). The latent scale/shift are kept; the UNet is untouched.
+    generates decodes exactly as before). The latent normalisation is kept; the UNet is untouched.
     """
     verify_manifest(weights)
     shipped = load_autoencoder(Path(weights) / "vae")
@@ -464,7 +475,7 @@ def ship_autoencoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
     if not (same_part(candidate, shipped, ENCODER_PARTS) or same_part(candidate, shipped, DECODER_PARTS)):
         raise ValueError(f"{autoencoder_dir} differs from the shipped autoencoder in both encoder and decoder: "
                          "the UNet was trained on the shipped latents, so only one half may change")
-    candidate.register_to_config(scaling_factor=shipped.config.scaling_factor, shift_factor=shipped.config.shift_factor)
+    candidate.register_to_config(**latent_normalisation_fields(shipped.config))
 
     def swap_vae(staging: Path) -> None:
         shutil.rmtree(staging / "vae")
