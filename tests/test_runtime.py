@@ -122,13 +122,9 @@ def test_missing_runtime_package_names_the_pip_command(monkeypatch):
         runtime.check_backend("openvino")
 
 
-def test_default_backend_is_openvino_without_native_bf16_unless_overridden(monkeypatch):
+def test_default_backend_is_openvino_on_either_cpu_kind_unless_overridden(monkeypatch):
     monkeypatch.delenv("CXR_BACKEND", raising=False)
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
-    assert runtime.default_backend() == "openvino"
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # bf16 autocast is the path measured there
-    assert runtime.default_backend() == "torch"
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.default_backend() == "openvino"  # measured faster with and without native bf16, FID within noise (README "Speed")
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None)  # openvino not installed
     assert runtime.default_backend() == "torch"
     monkeypatch.setenv("CXR_BACKEND", "onnxruntime")
@@ -138,7 +134,6 @@ def test_default_backend_is_openvino_without_native_bf16_unless_overridden(monke
 def test_the_app_generates_with_pytorch_unless_told_otherwise(monkeypatch):
     """The app's own default (measured faster there), set once per process; CXR_BACKEND still wins."""
     monkeypatch.delenv("CXR_BACKEND", raising=False)
-    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     assert runtime.use_app_backend() == "torch" and runtime.default_backend() == "torch"
     monkeypatch.setenv("CXR_BACKEND", "openvino")
     assert runtime.use_app_backend() == "openvino" and runtime.default_backend() == "openvino"

@@ -44,7 +44,7 @@ SAMPLERS: dict[str, tuple[type, dict]] = {
     "unipc": (UniPCMultistepScheduler, {"solver_order": 2}),
 }
 # The defaults a user gets; the shipped pipeline.json can override them. A backend of None is
-# `runtime.default_backend()`: CXR_BACKEND if set, else OpenVINO on a CPU without native bf16, PyTorch on one with it.
+# `runtime.default_backend()`: CXR_BACKEND if set, else OpenVINO where it is installed (PyTorch in the app).
 DEFAULT_GENERATION = {"sampler": "dpm++", "num_inference_steps": 14, "guidance_scale": 4.0, "guidance_fraction": 1.0, "height": 256, "width": 256,
                       "backend": None}
 MAX_STEPS = 200
@@ -492,7 +492,7 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         callback_on_step_end : callable, optional
             Called as `callback(pipe, step_index, timestep, {"latents": ...})` after each step. Return
             {"interrupt": True} to cancel (raises GenerationCancelled).
-        backend : {"torch", "onnxruntime", "openvino"}, default ``CXR_BACKEND`` if set, else OpenVINO without native bf16 and PyTorch with it (`runtime.default_backend`)
+        backend : {"torch", "onnxruntime", "openvino"}, default ``CXR_BACKEND`` if set, else OpenVINO where installed (`runtime.default_backend`)
             What runs the UNet and the decoder. The runtimes run an ONNX export of these weights,
             made and cached on their first use (`runtime_models`). Within one backend the same seed
             gives the same image; between backends pixels differ by float rounding (README, Speed).

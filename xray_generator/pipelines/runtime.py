@@ -3,7 +3,7 @@
     "torch"        the PyTorch modules themselves (bf16 autocast where the CPU runs bf16 natively)
     "onnxruntime"  ONNX Runtime's CPU provider, fp32
     "openvino"     OpenVINO's CPU plugin, fp32 (bf16 where the CPU runs bf16 natively); the default
-                   on CPUs without native bf16 (`default_backend`)
+                   outside the app (`default_backend`)
 
 Both runtimes run the same artifact: an ONNX export of our own UNet and decoder, made from the
 loaded weights on first use (or ahead of time with ``python -m xray_generator export-runtime``)
@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from xray_generator.models.autoencoder import decoder_noise_inputs, decoder_noise_modules, draw_decoder_noise, latent_channels, latent_packing
-from xray_generator.precision import cpu_has_native_bf16
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 # The packages each runtime backend needs (import name, pip requirement).
@@ -42,29 +41,32 @@ OVERRIDE_VARIABLE = "CXR_BACKEND"
 
 
 def default_backend() -> str:
-    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else this CPU's fastest.
+    """The backend generation uses unless told otherwise: ``CXR_BACKEND`` if set, else OpenVINO where installed.
 
-    Without native bf16 (AVX2 only) that is OpenVINO: on a quiet 2-core AMD EPYC a default image
-    took 0.837 s against PyTorch's 1.036 s (separate runs of `benchmarks/bench_generate.py`, README
-    "Speed"), within 1 grey level of it, and with its compiled-model cache a process's first use
-    costs about 0.3 s. The app keeps PyTorch (`APP_BACKEND`).
-    Where bf16 is native (AMX / AVX-512 BF16) PyTorch's bf16 autocast is the path measured there
-    (0.61 s per image); the runtimes have not been timed on such a CPU, so PyTorch stays its default.
-    Without the openvino package it is PyTorch everywhere.
+    Measured on both CPU kinds seen here (README "Speed"), each against PyTorch in the same conditions:
+    without native bf16 (2-core AMD EPYC Zen 3, AVX2, fp32) a default image took 0.837 s against 1.036 s,
+    within 1 grey level of PyTorch; with native bf16 (2-core AMD EPYC Zen 4, AVX-512 BF16, 2026-12-07) it
+    took 0.404 s against PyTorch bf16's 0.525 s, and at n = 200 FID was 18.52 against 18.27 (intervals
+    [0, 22.79] and [0, 22.47]) with the same condition-fidelity AUROCs within 0.0003, so its larger pixel
+    differences in bf16 (max 24 grey levels against fp32, where PyTorch bf16 moves 3) are within the
+    metrics' noise. With its compiled-model cache a process's first use costs about 0.3 s. The app keeps
+    PyTorch (`APP_BACKEND`). Without the openvino package it is PyTorch everywhere.
     """
     override = os.environ.get(OVERRIDE_VARIABLE, "").strip()
     if override:
         return override
-    if cpu_has_native_bf16() or importlib.util.find_spec("openvino") is None:
+    if importlib.util.find_spec("openvino") is None:
         return "torch"
     return "openvino"
 
 
 # The studio app generates with PyTorch unless CXR_BACKEND names another backend. Measured in the
-# browser (benchmarks/bench_app.py, 3 runs each, 2-core AVX2 EPYC, 2026-12-06): OpenVINO's first image
-# after start took 3.2-3.3 s against PyTorch's 1.9 s (it loads and warms up on first use) and later
-# images 2.6 s against 2.3 s, because the browser and the server share the two cores. In a plain
-# process (the command line, batch jobs, evaluation) OpenVINO is the faster one (`default_backend`).
+# browser (benchmarks/bench_app.py, 3 runs each): on a 2-core AVX2 EPYC (2026-12-06) OpenVINO's first image
+# after start took 3.2-3.3 s against PyTorch's 1.9 s (it loads and warms up on first use) and later images
+# 2.6 s against 2.3 s, because the browser and the server share the two cores; on a 2-core Zen 4 EPYC with
+# native bf16 (2026-12-07) its first image took 2.47 s against 1.25 s (over the 2 s budget) and later ones
+# 1.11 s against 1.50 s. In a plain process (the command line, batch jobs, evaluation) OpenVINO is the
+# faster one (`default_backend`).
 APP_BACKEND = "torch"
 
 
