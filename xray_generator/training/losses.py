@@ -5,19 +5,22 @@ import torch
 import torch.nn.functional as F
 
 
-def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+def _gaussian_kernel(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    """A normalised 1-D Gaussian of `size` taps."""
     coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
+    return g / g.sum()
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    g = _gaussian_kernel(size, sigma, device, dtype)
     return (g[:, None] * g[None, :])[None, None]
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """(N, C, H, W) images blurred by a Gaussian of `sigma` px (window 6 sigma + 1, reflect padding)."""
     radius = max(1, int(round(3 * sigma)))
-    coords = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).expand(x.shape[1], 1, -1)
+    kernel = _gaussian_kernel(2 * radius + 1, sigma, x.device, x.dtype).expand(x.shape[1], 1, -1)
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     x = F.conv2d(x, kernel[:, :, None, :], groups=x.shape[1])
     return F.conv2d(x, kernel[:, :, :, None], groups=x.shape[1])
