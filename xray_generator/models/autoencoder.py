@@ -259,11 +259,11 @@ def latent_description(autoencoder: AutoencoderKL) -> str:
 # scale the UNet's errors, about equal in every channel of z', are large against the quiet channels, which the
 # decoder draws as bubbles; noise in proportion to each channel's spread decodes almost clean. Tried on the f8c16
 # UNet (2026-12-07): crisper ribs, the same FID after 600 steps (README, realism); the shipped model uses one scale.
-def latent_normalisation_fields(autoencoder_config) -> dict:
-    """The four config fields that say how this autoencoder's latents are normalised for the UNet."""
-    get = autoencoder_config.get if isinstance(autoencoder_config, dict) else lambda key, default=None: getattr(autoencoder_config, key, default)
+def latent_normalisation_fields(autoencoder_config: dict) -> dict:
+    """The four config fields (of an autoencoder's config, a dict) that say how its latents are normalised for the UNet."""
+    get = autoencoder_config.get
     return {"scaling_factor": float(get("scaling_factor", 1.0)), "shift_factor": float(get("shift_factor", 0.0) or 0.0),
-            "latents_mean": get("latents_mean", None), "latents_std": get("latents_std", None)}
+            "latents_mean": get("latents_mean"), "latents_std": get("latents_std")}
 
 
 def _per_channel(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
