@@ -311,6 +311,48 @@ def test_ship_autoencoder_swaps_one_half_and_refuses_both_changed(vae_run, tmp_p
 
 
 @pytest.mark.precision
+def test_ship_unet_swaps_a_continued_unet_in_and_refuses_other_latents(vae_run, tmp_path):
+    import torch
+
+    from xray_generator.models.autoencoder import load_autoencoder
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    autoencoder = train_vae.export_autoencoder(vae_run, tmp_path / "autoencoder")
+    config = tiny_config("ldm_tiny.json", max_steps=1)
+    config["autoencoder"], config["cache_dir"] = str(autoencoder), str(tmp_path / "cache")
+    train_ldm.train_ldm(config, tmp_path / "ldm_run", data_dir=SAMPLE)
+    shipped = train_ldm.export_pipeline(tmp_path / "ldm_run", tmp_path / "shipped")
+    train_ldm.rewrite_shipped(shipped, lambda staging: (staging / "README.md").write_text("the card\n"))
+    before = XRayDiffusionPipeline.from_pretrained(shipped)
+
+    # The shipped UNet trained on for a step (init_from keeps the shipped autoencoder and its normalisation).
+    continued = dict(config, init_from=str(shipped), train=dict(config["train"], max_steps=1, lr=0.01))
+    continued["autoencoder"] = str(shipped / "vae")
+    train_ldm.train_ldm(continued, tmp_path / "continued_run", data_dir=SAMPLE)
+    candidate = train_ldm.export_pipeline(tmp_path / "continued_run", tmp_path / "candidate")
+    train_ldm.ship_unet(candidate, shipped)
+    after = XRayDiffusionPipeline.from_pretrained(shipped)  # verifies the rewritten MANIFEST
+    expected = XRayDiffusionPipeline.from_pretrained(candidate)
+    assert all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), expected.unet.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), before.unet.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(after.vae.state_dict().values(), before.vae.state_dict().values()))
+    assert (shipped / "README.md").read_text() == "the card\n" and "README.md" in json.loads((shipped / "MANIFEST.json").read_text())["files"]
+    assert (after("normal chest", seed=0).images[0] == expected("normal chest", seed=0).images[0]).all()
+
+    # A UNet trained on other latents (here: a changed decoder) is refused, and the shipped folder is untouched.
+    def change_decoder(staging):
+        vae = load_autoencoder(staging / "vae")
+        with torch.no_grad():
+            vae.decoder.conv_out.bias.add_(0.25)
+        vae.save_pretrained(staging / "vae", safe_serialization=True)
+
+    train_ldm.rewrite_shipped(candidate, change_decoder)
+    manifest = (shipped / "MANIFEST.json").read_text()
+    with pytest.raises(ValueError, match="different autoencoder"):
+        train_ldm.ship_unet(candidate, shipped)
+    assert (shipped / "MANIFEST.json").read_text() == manifest
+
+
 def test_an_encoder_fine_tune_keeps_the_decoder_and_logs_latent_drift(vae_run, tmp_path):
     from xray_generator.models.autoencoder import load_autoencoder
 

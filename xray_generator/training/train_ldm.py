@@ -484,6 +484,36 @@ def ship_autoencoder(autoencoder_dir: str | Path, weights: str | Path) -> Path:
     return rewrite_shipped(weights, swap_vae)
 
 
+def ship_unet(candidate: str | Path, weights: str | Path) -> Path:
+    """Swap a further-trained UNet and text projection (an exported pipeline folder) into a shipped pipeline folder.
+
+    For runs that continued the shipped weights (`init_from`): the UNet learned exactly the shipped
+    autoencoder's latents, so the candidate must hold that autoencoder, tensor for tensor, with the
+    same latent normalisation and text encoder. Everything else in the shipped folder (card, loss
+    logs, stage records, sampling defaults) stays; the model card is rewritten afterwards.
+    """
+    candidate, weights = Path(candidate), Path(weights)
+    verify_manifest(candidate)
+    verify_manifest(weights)
+    shipped_vae, candidate_vae = load_autoencoder(weights / "vae"), load_autoencoder(candidate / "vae")
+    if not (same_part(candidate_vae, shipped_vae, ENCODER_PARTS + DECODER_PARTS)
+            and latent_normalisation_fields(candidate_vae.config) == latent_normalisation_fields(shipped_vae.config)):
+        raise ValueError(f"{candidate} holds a different autoencoder or latent normalisation from {weights}: "
+                         "its UNet was not trained on the shipped latents")
+    text_encoders = [json.loads((folder / PIPELINE_FILE).read_text())["text_encoder"] for folder in (candidate, weights)]
+    if text_encoders[0] != text_encoders[1]:
+        raise ValueError(f"{candidate} was trained with the text encoder {text_encoders[0]!r}, {weights} ships {text_encoders[1]!r}")
+
+    def swap_unet(staging: Path) -> None:
+        for part in ("unet", "text_projection"):
+            shutil.rmtree(staging / part)
+            shutil.copytree(candidate / part, staging / part)
+        if (candidate / TRAINING_VOCABULARY_FILE).is_file():  # the vocabulary of the data the UNet was trained on
+            shutil.copyfile(candidate / TRAINING_VOCABULARY_FILE, staging / TRAINING_VOCABULARY_FILE)
+
+    return rewrite_shipped(weights, swap_unet)
+
+
 def set_generation_defaults(weights: str | Path, **changes: Any) -> Path:
     """Change the sampling defaults a shipped pipeline folder gives its users (pipeline.json), weights untouched.
 
@@ -521,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     ship = sub.add_parser("ship-autoencoder", help="swap a fine-tuned decoder or encoder into a shipped pipeline folder (UNet untouched)")
     ship.add_argument("--autoencoder", required=True, help="exported autoencoder folder (train_vae export)")
     ship.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
+    ship_unet_parser = sub.add_parser("ship-unet", help="swap a further-trained UNet and text projection into a shipped pipeline folder (autoencoder untouched)")
+    ship_unet_parser.add_argument("--candidate", required=True, help="exported pipeline folder (train_ldm export) of a run with init_from the shipped folder")
+    ship_unet_parser.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
     defaults = sub.add_parser("set-defaults", help="change a shipped pipeline folder's sampling defaults (pipeline.json)")
     defaults.add_argument("--weights", required=True, help="shipped pipeline folder, e.g. weights/ldm")
     defaults.add_argument("--sampler", choices=sorted(SAMPLERS), default=None)
@@ -538,6 +571,8 @@ def main(argv: list[str] | None = None) -> None:
         train_ldm(load_config(args.config), args.run, resume=args.resume, max_minutes=args.max_minutes, data_dir=args.data_dir)
     elif args.command == "ship-autoencoder":
         print(ship_autoencoder(args.autoencoder, args.weights))
+    elif args.command == "ship-unet":
+        print(ship_unet(args.candidate, args.weights))
     elif args.command == "set-defaults":
         print(set_generation_defaults(args.weights, sampler=args.sampler, num_inference_steps=args.steps,
                                       guidance_scale=args.guidance, guidance_fraction=args.guidance_fraction))
