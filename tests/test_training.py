@@ -171,7 +171,7 @@ def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_o
     # One tiny run standing in for each stage, the adversarial decoder and the UNet fine-tune on the expanded data included.
     finetunes = [vae_run] * len(model_card.FINETUNE_STAGES)
     ldm_finetunes = [ldm_run] * len(model_card.LDM_FINETUNE_STAGES)
-    assert {"vae_decoder_gan", "ldm_finetune_expanded"} <= set(model_card.FINETUNE_STAGES + model_card.LDM_FINETUNE_STAGES)
+    assert {"vae_decoder_gan", "ldm_finetune_expanded", "ldm_expanded_low_lr"} <= set(model_card.FINETUNE_STAGES + model_card.LDM_FINETUNE_STAGES)
 
     card = model_card.write_card(weights, vae_run, ldm_run, n_recon=2, vae_finetune_runs=finetunes, ldm_finetune_runs=ldm_finetunes).read_text()
     rows = card_rows(card)
@@ -184,7 +184,7 @@ def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_o
         started, finished = state["started"][:10], state["updated"][:10]
         assert rows[title][4] == (finished if started == finished else f"{started} → {finished}")
         assert rows[title][1] == f"{state['step']:,}" and (weights / f"training_log_{name}.csv").is_file()
-    assert "the UNet `ldm` → `ldm_finetune_expanded`" in card and "the autoencoder `vae` → `vae_decoder_finetune` →" in card
+    assert "the UNet `ldm` → `ldm_finetune_expanded` → `ldm_expanded_low_lr`" in card and "the autoencoder `vae` → `vae_decoder_finetune` →" in card
     assert "n = 2" in card and (weights / "card" / "samples.png").is_file()
     digest = verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
     # The card names its model files' hashes, never a stale folder hash (the manifest it is part of

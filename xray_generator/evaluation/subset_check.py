@@ -35,8 +35,9 @@ from pathlib import Path
 from xray_generator.evaluation.report import read_metrics_json
 from xray_generator.paths import outputs_dir
 
-# The settings of the committed run that the rerun takes over (n is the subset size).
-RERUN_SETTINGS = ("seed", "sampler", "steps", "guidance", "batch_size", "n_boot", "kid_subsets", "memorisation_threshold", "diversity_prompts")
+# The settings of the committed run that the rerun takes over (n is the subset size). The backend too:
+# another backend draws other pixels, so its images would miss the evaluation cache and differ.
+RERUN_SETTINGS = ("seed", "sampler", "steps", "guidance", "guidance_fraction", "backend", "batch_size", "n_boot", "kid_subsets", "memorisation_threshold", "diversity_prompts")
 
 
 def comparison_rule(name: str) -> tuple[str, str]:

@@ -103,8 +103,9 @@ STAGE_TITLES = {
                        "high-pass patch discriminator, adaptive weight)",
     "ldm": "UNet",
     "ldm_finetune_expanded": "UNet fine-tune on the expanded data (NIH ChestX-ray14 + Hannover added; warm-started from the shipped UNet)",
+    "ldm_expanded_low_lr": "UNet trained on for longer on the expanded data (lr 3e-5, EMA 0.9995; warm-started from the fine-tune above)",
 }
-UNET_STAGES = ["ldm", "ldm_finetune_expanded"]
+UNET_STAGES = ["ldm", "ldm_finetune_expanded", "ldm_expanded_low_lr"]
 # The fine-tunes in the order they were applied; `--vae-finetune-run` and `--ldm-finetune-run` name their runs in these orders.
 FINETUNE_STAGES = [name for name in STAGE_TITLES if name != "vae" and name not in UNET_STAGES]
 LDM_FINETUNE_STAGES = UNET_STAGES[1:]
