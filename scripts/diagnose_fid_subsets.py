@@ -1,7 +1,8 @@
-"""Why does FID at 200 images move so much between subsets? Off-distribution samples, by stratum.
+"""Where a committed run's FID comes from: its two terms, off-distribution samples and class shifts by stratum.
 
     python scripts/diagnose_fid_subsets.py                       # outputs/metrics/ldm.json's run
     python scripts/diagnose_fid_subsets.py --metrics outputs/metrics/ldm.json --block 200
+    python scripts/diagnose_fid_subsets.py --roundtrip           # + the autoencoder's round trip (ldm; ~4 min)
 
 Re-reads the committed run's images from the evaluation cache (run `python -m xray_generator
 evaluate` first: it regenerates what is missing), then reports, with the run's real halves:
@@ -9,7 +10,14 @@ evaluate` first: it regenerates what is missing), then reports, with the run's r
 - the share of generated images beyond the real films' 99th-percentile feature radius, overall
   and per (age group, main finding) stratum of the prompts (a real film lands there 1 % of the time);
 - FID of consecutive disjoint blocks of `--block` images against the first `--block` of real half
-  B, next to each block's share beyond the radius and its Normal share.
+  B, next to each block's share beyond the radius and its Normal share;
+- FID split into its mean term (the sets differ on average) and covariance term, next to the floor's;
+- per label set asked for, the classifier's mean probability of each label on the generated images
+  against the real held-out films with those labels: a label drawn more strongly than real films
+  show it is a caricature, which the mean term sees;
+- with `--roundtrip` (latent diffusion only): real half A encoded and decoded by the autoencoder,
+  against half B. What the autoencoder alone costs in this feature space, a bound on what UNet
+  training can reach.
 
 Writes the text to `outputs/metrics/subset_check/<model>_fid_diagnosis.txt`.
 """
@@ -22,10 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+MIN_PER_LABEL_SET = 20  # fewer images make a mean probability too noisy to read
+
 
 def main(argv: list[str] | None = None) -> int:
     from xray_generator.data.manifest import load_manifest
-    from xray_generator.evaluation.distribution import beyond_real_radius, fid_from_features
+    from xray_generator.evaluation.distribution import beyond_real_radius, fid_from_features, fid_terms
     from xray_generator.evaluation.report import read_metrics_json
     from xray_generator.evaluation.run import EvaluationSettings, real_halves, single_threaded_blas
     from xray_generator.evaluation.samples import draw_samples, evaluation_stratum, held_out_real
@@ -38,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metrics", default=None, help="committed metrics file (default outputs/metrics/ldm.json)")
     parser.add_argument("--block", type=int, default=200, help="images per disjoint block (default 200)")
+    parser.add_argument("--roundtrip", action="store_true", help="also the autoencoder round trip of real half A (latent diffusion)")
     args = parser.parse_args(argv)
     committed = read_metrics_json(args.metrics or outputs_dir() / "metrics" / "ldm.json")
     model, saved = committed["model"], committed["settings"]
@@ -45,9 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = load_manifest()
     held_out = held_out_real(manifest)
-    drawn = draw_samples(model, load_generator(model), held_out, settings)
-    extract = load_classifier(weights_dir() / "classifier").feature_extractor
-    real = extract([drawn.real[i] for i in np.flatnonzero(drawn.reference)])
+    generator = load_generator(model)
+    drawn = draw_samples(model, generator, held_out, settings)
+    classifier = load_classifier(weights_dir() / "classifier")
+    extract = classifier.feature_extractor
+    reference_images = [drawn.real[i] for i in np.flatnonzero(drawn.reference)]
+    real = extract(reference_images)
     generated = extract(drawn.generated)
     index_a, index_b = real_halves(len(real), len(generated), settings.seed)
     real_a, real_b, gen_half = real[index_a], real[index_b], generated[:len(index_a)]
@@ -70,6 +84,33 @@ def main(argv: list[str] | None = None) -> int:
                          f"beyond the radius {tail['beyond'][block].mean():5.1%}, Normal prompts {normal[block].mean():5.1%}")
         floor = fid_from_features(real_a[:args.block], real_b[:args.block])
     lines.append(f"  real half A's first {args.block} against the same: FID {floor:.2f} (the floor at this N)")
+
+    with single_threaded_blas():
+        terms = {"generated": fid_terms(gen_half, real_b), "real half A (the floor)": fid_terms(real_a, real_b)}
+        if args.roundtrip:
+            from xray_generator.evaluation.realism import roundtrip_images
+
+            terms["round trip of real half A"] = fid_terms(extract(roundtrip_images(generator, [reference_images[i] for i in index_a])), real_b)
+    lines += ["", f"FID against real half B ({len(index_b)} films), split into its terms:"]
+    for name, term in terms.items():
+        lines.append(f"  {name:<28}: FID {term['fid']:6.2f} = mean term {term['mean_term']:6.2f} + covariance term {term['covariance_term']:6.2f}")
+
+    # Which labels the generated images carry more (or less) strongly than real films asked for with the same labels.
+    generated_probability, real_probability = classifier.predict_proba(drawn.generated), classifier.predict_proba(drawn.real)
+    asked = rows["labels"].fillna("").to_numpy()
+    real_labels = drawn.real_rows["labels"].fillna("").to_numpy()
+    short = [label[:10] for label in classifier.labels]
+    lines += ["", f"Classifier probability per label, mean over the images asked for each label set (>= {MIN_PER_LABEL_SET} images): "
+              "generated (real held-out films with those labels)",
+              f"{'labels asked for':<38} {'n gen':>5} {'n real':>6}  " + "  ".join(f"{label:>13}" for label in short)]
+    for label_set in sorted(set(asked), key=lambda s: -(asked == s).sum()):
+        mine, theirs = asked == label_set, real_labels == label_set
+        if mine.sum() < MIN_PER_LABEL_SET or not theirs.any():
+            continue
+        cells = [f"{g:.2f} ({r:.2f})" for g, r in zip(generated_probability[mine].mean(0), real_probability[theirs].mean(0))]
+        lines.append(f"{(label_set or '(none)')[:38]:<38} {mine.sum():>5} {theirs.sum():>6}  " + "  ".join(f"{cell:>13}" for cell in cells))
+    cells = [f"{g:.2f} ({r:.2f})" for g, r in zip(generated_probability.mean(0), real_probability.mean(0))]
+    lines.append(f"{'all':<38} {len(asked):>5} {len(real_labels):>6}  " + "  ".join(f"{cell:>13}" for cell in cells))
     text = "\n".join(lines)
     print(text)
     atomic_write_text(outputs_dir() / "metrics" / "subset_check" / f"{model}_fid_diagnosis.txt", text + "\n", make_parents=True)

@@ -8,6 +8,7 @@ from threadpoolctl import threadpool_limits
 
 from xray_generator.evaluation.distribution import (
     fid_from_features,
+    fid_terms,
     fid_with_bootstrap,
     frechet_distance,
     kernel_inception_distance,
@@ -55,6 +56,18 @@ def test_fid_of_shifted_gaussian_samples_approaches_the_closed_form():
     a = rng.normal(size=(20000, 4))
     b = rng.normal(size=(20000, 4)) + shift
     assert fid_from_features(a, b) == pytest.approx(shift @ shift, rel=0.02)
+
+
+def test_fid_terms_put_a_pure_shift_in_the_mean_term_and_a_pure_spread_in_the_covariance_term():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(20000, 4))
+    shifted = fid_terms(a, a + np.array([1.0, 0.0, -1.0, 0.0]))
+    assert shifted["mean_term"] == pytest.approx(2.0, rel=1e-9)
+    assert shifted["covariance_term"] == pytest.approx(0.0, abs=1e-6)
+    spread = fid_terms(a, a * 2.0)  # same mean, each variance x4: per dimension (2 - 1)^2 = 1
+    assert spread["mean_term"] == pytest.approx(0.0, abs=1e-3)
+    assert spread["covariance_term"] == pytest.approx(4.0, rel=0.05)
+    assert spread["fid"] == pytest.approx(spread["mean_term"] + spread["covariance_term"])
 
 
 def test_fid_bootstrap_interval_covers_the_true_value_and_reports_n():

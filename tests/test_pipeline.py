@@ -87,6 +87,28 @@ def test_guidance_fraction_guides_only_the_leading_steps(pipe):
     assert partial.metadata[0]["guidance_fraction"] == 0.5 and full.metadata[0]["guidance_fraction"] == 1.0
 
 
+@pytest.mark.precision
+def test_a_scale_per_step_guides_exactly_the_steps_it_names(pipe, monkeypatch):
+    """The guidance-schedule experiment's hook: [5, 5, 1, 1] is guidance 5 on the first half, pixel for pixel."""
+    import functools
+
+    reference = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4, guidance_fraction=0.5).images[0]
+    calls = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
+    try:
+        for scales, expected_calls in (([5.0, 5.0, 1.0, 1.0], [2, 2, 1, 1]), ([1.0, 5.0, 1.0, 3.0], [1, 2, 1, 2])):
+            calls.clear()
+            monkeypatch.setattr(pipe, "denoise", functools.partial(XRayDiffusionPipeline.denoise, pipe, scale_per_step=scales))
+            image = pipe("pneumonia", seed=2, guidance_scale=5.0, num_inference_steps=4).images[0]
+            assert calls == expected_calls
+            assert np.array_equal(image, reference) == (scales[1] == 5.0 and scales[0] == 5.0)
+        monkeypatch.setattr(pipe, "denoise", functools.partial(XRayDiffusionPipeline.denoise, pipe, scale_per_step=[5.0]))
+        with pytest.raises(ValueError, match="one scale per step"):
+            pipe("pneumonia", seed=2, num_inference_steps=4)
+    finally:
+        hook.remove()
+
+
 def test_settings_resolve_to_the_given_value_else_the_models_default(pipe):
     defaults = pipe.generation_defaults
     resolved = pipe.resolve_settings(num_inference_steps=5, guidance_scale=None)

@@ -129,3 +129,26 @@ def test_a_decoder_fine_tune_shares_its_encoders_latent_cache(tmp_path):
     manifest = load_manifest(SAMPLE).query(split="train")
     source_dir, tuned_dir, other_dir = (latent_cache_dir(tmp_path / "cache", tmp_path / name, manifest) for name in ("source", "tuned", "other"))
     assert source_dir == tuned_dir and source_dir != other_dir and source_dir.name.startswith("encoder-")
+
+
+@pytest.mark.precision
+@pytest.mark.parametrize("ema_warmup", [True, False])
+def test_a_fine_tunes_ema_keeps_the_shipped_weights_in_its_average_unless_it_warms_up(shipped, tmp_path, ema_warmup):
+    """`ema_warmup: false`: the EMA starts at the shipped weights and moves at the configured decay from step 0."""
+    from safetensors.torch import load_file
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+
+    weights, config, _ = shipped
+    original = XRayDiffusionPipeline.from_pretrained(weights, torch_dtype=torch.float32).unet.state_dict()
+    finetune = json.loads(json.dumps(config))
+    finetune.update(init_from=str(weights), autoencoder=str(weights / "vae"), cache_dir=str(tmp_path / "cache"))
+    finetune["train"].update(lr=1e-2, warmup_steps=1, max_steps=1, ema_decay=0.75, ema_warmup=ema_warmup)
+    train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
+    latest = CheckpointDir(tmp_path / "run").latest()
+    trained, ema = load_file(str(latest / "unet.safetensors")), load_file(str(latest / "ema_unet.safetensors"))
+    # After one step the EMA is decay x start + (1 - decay) x trained; the warm-up's decay at step 0 is 1/10.
+    decay = 0.1 if ema_warmup else 0.75
+    name = "conv_in.weight"
+    assert not torch.equal(trained[name].float(), original[name])  # the step moved the weights
+    torch.testing.assert_close(ema[name].float(), decay * original[name] + (1 - decay) * trained[name].float(), rtol=1e-5, atol=1e-6)

@@ -141,6 +141,20 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
     return frechet_distance(a.mean(axis=0), np.cov(a, rowvar=False), b.mean(axis=0), np.cov(b, rowvar=False))
 
 
+def fid_terms(feats_a: np.ndarray, feats_b: np.ndarray) -> dict:
+    """`fid_from_features` split into its two terms: where the distance is.
+
+    Returns ``{"fid", "mean_term", "covariance_term"}``: ``mean_term`` is ``||mu_a - mu_b||²`` (the
+    sets differ on average, e.g. one class drawn too strongly) and ``covariance_term`` the rest (they
+    spread differently around their means). The two add up to ``fid``.
+    """
+    a, b = _check_pair_of_feature_sets(feats_a, feats_b, ("feats_a", "feats_b"))
+    fid = fid_from_features(a, b)
+    diff = a.mean(axis=0).astype(np.float64) - b.mean(axis=0).astype(np.float64)
+    mean_term = float(diff @ diff)
+    return {"fid": fid, "mean_term": mean_term, "covariance_term": fid - mean_term}
+
+
 def fid_with_bootstrap(
     feats_a: np.ndarray, feats_b: np.ndarray, n_boot: int = 100, seed: int = 0, ci: float = 0.95
 ) -> dict:

@@ -359,20 +359,27 @@ class XRayDiffusionPipeline(DiffusionPipeline):
         self, scheduler, latents: torch.Tensor, timesteps: torch.Tensor, text_states: torch.Tensor, text_mask: torch.Tensor,
         guidance_scale: float, callback_on_step_end: Callable | None = None,
         after_step: Callable[[int, torch.Tensor], torch.Tensor] | None = None, guided_steps: int | None = None,
-        backend: str = "torch",
+        backend: str = "torch", scale_per_step: Sequence[float] | None = None,
     ) -> torch.Tensor:
         """The sampling loop over `timesteps`, with classifier-free guidance when `guidance_scale` > 1.
 
         `guided_steps` limits guidance to that many leading (noisiest) steps; the later steps run the
         conditional branch alone, one UNet pass instead of two. None guides every step.
+        `scale_per_step` (one scale per timestep; 1 or less is unguided) replaces both, for experiments
+        on which steps to guide (docs/guidance_schedule_experiment.py); `text_states` must then be the
+        guided (uncond, cond) pair.
         `after_step(index, latents)` may replace the latents after each step (masked editing
         re-imposes the source outside the mask); then `callback_on_step_end` sees them.
         `backend` names the UNet's runtime (`runtime_models`).
         """
         n = latents.shape[0]
         unet = self.runtime_models(backend, latents.shape[-2] * self.vae_scale_factor, latents.shape[-1] * self.vae_scale_factor).unet
+        if scale_per_step is not None and len(scale_per_step) != len(timesteps):
+            raise ValueError(f"scale_per_step needs one scale per step ({len(timesteps)}), got {len(scale_per_step)}")
         for index, t in enumerate(timesteps):
-            use_guidance = guidance_scale > 1.0 and (guided_steps is None or index < guided_steps)
+            if scale_per_step is not None:
+                guidance_scale = float(scale_per_step[index])
+            use_guidance = guidance_scale > 1.0 and (scale_per_step is not None or guided_steps is None or index < guided_steps)
             # Guided text states are (uncond, cond) stacked; an unguided step takes the cond half.
             states, mask = (text_states, text_mask) if use_guidance or text_states.shape[0] == n else (text_states[n:], text_mask[n:])
             model_input = torch.cat([latents] * 2) if use_guidance else latents

@@ -323,8 +323,11 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
         opt.step()
-        ema_unet.update(accelerator.unwrap_model(unet), step)
-        ema_projection.update(accelerator.unwrap_model(projection), step)
+        # The EMA warm-up exists to forget a random start. A fine-tune (init_from) starts from the
+        # shipped model, so `ema_warmup: false` keeps it in the average: a constant decay from step 0.
+        ema_step = step if train_cfg.get("ema_warmup", True) else None
+        ema_unet.update(accelerator.unwrap_model(unet), ema_step)
+        ema_projection.update(accelerator.unwrap_model(projection), ema_step)
         state["step"] += 1
         state["samples_seen"] += len(rows)  # the global batch
         bar.update(1)
