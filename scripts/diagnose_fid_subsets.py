@@ -1,4 +1,4 @@
-"""Where a committed run's FID comes from: its two terms, off-distribution samples and class shifts by stratum.
+"""Where a committed run's FID comes from: its two terms, off-distribution samples, and labels drawn too strongly.
 
     python scripts/diagnose_fid_subsets.py                       # outputs/metrics/ldm.json's run
     python scripts/diagnose_fid_subsets.py --metrics outputs/metrics/ldm.json --block 200
