@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="output name (default: the scales)")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
-    scales = [float(s) for s in args.scales.split(",")]
+    try:
+        scales = [float(s) for s in args.scales.split(",")]
+    except ValueError:
+        parser.error(f"--scales takes comma-separated numbers, one per step, e.g. 3,3,1,1,1,1,1; got {args.scales!r}")
+    if not all(np.isfinite(s) and 0 <= s <= 30 for s in scales):
+        parser.error(f"each guidance scale must be a number from 0 to 30 (1 or less is unguided); got {args.scales!r}")
     name = args.name or "g" + "_".join(f"{s:g}" for s in scales)
 
     settings = EvaluationSettings()
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.time() - started
 
     classifier = load_classifier(weights_dir() / "classifier")
-    generated, real_b = classifier.feature_extractor(images), classifier.feature_extractor([real[i] for i in index_b])
+    real_b_images = [real[i] for i in index_b]
+    generated, real_b = classifier.feature_extractor(images), classifier.feature_extractor(real_b_images)
     with single_threaded_blas():
         terms = fid_terms(generated, real_b)
         kid = kernel_inception_distance(generated, real_b, seed=settings.seed)["value"]
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
         **{k: round(v, 4) for k, v in terms.items()}, "kid": round(kid, 4),
         "mean_probability_generated": dict(zip(classifier.labels, np.round(classifier.predict_proba(images).mean(0), 3).tolist())),
-        "mean_probability_real_b": dict(zip(classifier.labels, np.round(classifier.predict_proba([real[i] for i in index_b]).mean(0), 3).tolist())),
+        "mean_probability_real_b": dict(zip(classifier.labels, np.round(classifier.predict_proba(real_b_images).mean(0), 3).tolist())),
         "generation_seconds": round(seconds, 1),
     }
     print(json.dumps(result, indent=1))
