@@ -4,7 +4,13 @@
     python docs/guidance_schedule_experiment.py --scales 1,3,3,1,1,1,1 --name skip_first
     python docs/guidance_schedule_experiment.py --scales 1,1,1,1,1 --name unguided_5_steps
 
-One scale per step (1 = that step runs the conditional branch alone). The images are the first
+    python docs/guidance_schedule_experiment.py --scales a3,a3,1,1,1,1,1 --guide /path/to/older/weights/ldm --name auto_3
+
+One scale per step (1 = that step runs the conditional branch alone). A scale written `a<scale>`
+guides that step with another model instead of the empty prompt (autoguidance, Karras et al. 2024,
+"Guiding a diffusion model with a bad version of itself"): the prediction is guide + scale x
+(ours - guide), the guide being `--guide`'s UNet and text projection on the same prompt and
+latents, e.g. an earlier, less trained UNet of the same autoencoder. The images are the first
 half of `evaluate --n 1000`'s plan (698 prompts and seeds of the held-out mix), generated with the
 shipped weights on the PyTorch backend, and judged against the same real half B as `evaluate`,
 so the default schedule reproduces `outputs/metrics/ldm.json`'s FID exactly. Reports FID split
@@ -15,6 +21,7 @@ takes ~5 min on 2 cores. Writes `outputs/metrics/guidance_schedule/<name>.json`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import sys
@@ -24,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,15 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", required=True, help="comma-separated guidance scale per step, e.g. 3,3,1,1,1,1,1")
     parser.add_argument("--name", default=None, help="output name (default: the scales)")
+    parser.add_argument("--guide", type=Path, default=None, help="pipeline folder whose UNet guides the steps written a<scale>")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
+    tokens = [token.strip() for token in args.scales.split(",")]
     try:
-        scales = [float(s) for s in args.scales.split(",")]
+        scales = [float(t[1:] if t.startswith("a") else t) for t in tokens]
     except ValueError:
-        parser.error(f"--scales takes comma-separated numbers, one per step, e.g. 3,3,1,1,1,1,1; got {args.scales!r}")
+        parser.error(f"--scales takes comma-separated numbers (a<number> for autoguidance), one per step, e.g. 3,3,1,1,1,1,1; got {args.scales!r}")
     if not all(np.isfinite(s) and 0 <= s <= 30 for s in scales):
         parser.error(f"each guidance scale must be a number from 0 to 30 (1 or less is unguided); got {args.scales!r}")
-    name = args.name or "g" + "_".join(f"{s:g}" for s in scales)
+    auto_steps = [i for i, t in enumerate(tokens) if t.startswith("a") and scales[i] > 1]
+    if auto_steps and args.guide is None:
+        parser.error("a<scale> steps are guided by another model: name its pipeline folder with --guide")
+    if args.guide is not None and not (args.guide / "pipeline.json").is_file():
+        parser.error(f"--guide must be a pipeline folder (with pipeline.json), got {args.guide}")
+    name = args.name or "g" + "_".join(tokens)
 
     settings = EvaluationSettings()
     held_out = held_out_real(load_manifest())
@@ -57,10 +72,33 @@ def main(argv: list[str] | None = None) -> int:
 
     pipe = XRayDiffusionPipeline.from_pretrained(weights_dir() / "ldm")
     pipe.denoise = functools.partial(XRayDiffusionPipeline.denoise, pipe, scale_per_step=scales)
+    guide_states: list = []
+    if auto_steps:
+        guide = XRayDiffusionPipeline.from_pretrained(args.guide)
+        if dict(guide.vae.config) != dict(pipe.vae.config):
+            print(f"note: {args.guide}'s autoencoder config differs from the shipped one; its UNet sees the shipped latents", flush=True)
+        ours_unet, guide_unet = pipe.runtime_models("torch").unet, guide.runtime_models("torch").unet
+        step = {"index": 0}
+
+        def unet_with_guide(model_input, t, states, mask):
+            # Called once per step. On an a<scale> step the batch is (x, x) with (empty, prompt) states:
+            # the guide's prediction on the prompt takes the empty prompt's place.
+            index, step["index"] = step["index"], step["index"] + 1
+            if index not in auto_steps:
+                return ours_unet(model_input, t, states, mask)
+            n = model_input.shape[0] // 2
+            return torch.cat([guide_unet(model_input[:n], t, *guide_states), ours_unet(model_input[n:], t, states[n:], mask[n:])])
+
+        runtime_models = pipe.runtime_models
+        pipe.runtime_models = lambda *a, **k: dataclasses.replace(runtime_models(*a, **k), unet=unet_with_guide)
     started, images = time.time(), []
     for start in range(0, len(plan), args.batch_size):
         rows = plan.iloc[start:start + args.batch_size]
         latents = seeded_latents(pipe, rows["seed"].tolist(), 256, 256)
+        if auto_steps:
+            step["index"] = 0
+            with torch.no_grad():
+                guide_states[:] = guide.encode_prompt(rows["prompt"].tolist())
         # guidance_scale > 1 so the text states are the (uncond, cond) pair the per-step scales choose from.
         out = pipe(rows["prompt"].tolist(), latents=latents, seed=int(rows["seed"].iloc[0]), num_inference_steps=len(scales),
                    guidance_scale=max(max(scales), 1.5), guidance_fraction=1.0, backend="torch")
@@ -74,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         terms = fid_terms(generated, real_b)
         kid = kernel_inception_distance(generated, real_b, seed=settings.seed)["value"]
     result = {
-        "name": name, "scales_per_step": scales, "steps": len(scales), "unet_passes": sum(2 if s > 1 else 1 for s in scales),
+        "name": name, "scales_per_step": scales, "autoguided_steps": auto_steps, "steps": len(scales), "unet_passes": sum(2 if s > 1 else 1 for s in scales),
+        "guide": {"folder": str(args.guide), "weights_sha256": guide.weights_hash} if auto_steps else None,
         "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
         **{k: round(v, 4) for k, v in terms.items()}, "kid": round(kid, 4),
         "mean_probability_generated": dict(zip(classifier.labels, np.round(classifier.predict_proba(images).mean(0), 3).tolist())),

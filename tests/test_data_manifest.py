@@ -11,6 +11,7 @@ from xray_generator.data.manifest import (
     REQUIRED_NON_EMPTY,
     ManifestError,
     load_manifest,
+    sampling_weights,
     split_labels,
     validate_table,
     write_manifest,
@@ -290,3 +291,14 @@ def test_shipped_sample_is_what_make_sample_selects_from_the_full_set(full_set):
     sample = select_sample(full_set)
     shipped = pd.read_csv(SAMPLE_DIR / "metadata.csv", dtype=str, keep_default_na=False)
     assert sample["image_id"].tolist() == shipped["image_id"].tolist()
+
+
+def test_sampling_weights_take_each_images_largest_label_weight_and_refuse_unknown_labels():
+    labels = pd.Series(["Normal", "Pneumonia; Viral pneumonia", "Pneumonia; Viral pneumonia; COVID-19", "Pneumonia; Bacterial pneumonia", None])
+    weights = sampling_weights(labels, {"Viral pneumonia": 2.0, "COVID-19": 3.0})
+    assert weights.tolist() == [1.0, 2.0, 3.0, 1.0, 1.0]
+    assert sampling_weights(labels, {}).tolist() == [1.0] * 5
+    with pytest.raises(ValueError, match="Viral pneumonai"):
+        sampling_weights(labels, {"Viral pneumonai": 2.0})
+    with pytest.raises(ValueError, match="positive"):
+        sampling_weights(labels, {"Normal": 0})

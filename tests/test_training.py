@@ -625,3 +625,26 @@ def test_the_band_power_loss_is_met_by_other_noise_of_the_same_power_but_not_by_
     assert torch.isfinite(prediction.grad).all() and prediction.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="square"):
         band_power_loss(film, film[..., :64], SPECTRUM_BAND_EDGES)
+
+
+def test_weighted_draws_follow_the_label_weights_and_unweighted_ones_are_the_old_draws():
+    import numpy as np
+
+    from xray_generator.training.train_ldm import draw_batch
+
+    row_weights = [np.array([1.0, 1.0, 4.0]), np.array([2.0])]  # two latent-size buckets
+    rng = np.random.default_rng(0)
+    counts = np.zeros(3)
+    picks = [draw_batch(rng, row_weights, 16, weighted=True) for _ in range(2000)]
+    for b, rows in picks:
+        if b == 0:
+            np.add.at(counts, rows, 1)
+    assert np.mean([b == 0 for b, _ in picks]) == pytest.approx(6 / 8, abs=0.03)  # buckets by their weight
+    np.testing.assert_allclose(counts / counts.sum(), [1 / 6, 1 / 6, 4 / 6], atol=0.01)
+    # Unweighted: the bucket by its size, then uniform rows, drawn exactly as before weights existed.
+    ones = [np.ones(3), np.ones(1)]
+    ours, old = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(20):
+        b, rows = draw_batch(ours, ones, 4, weighted=False)
+        old_b = old.choice(2, p=np.array([3.0, 1.0]) / 4)
+        assert b == old_b and rows.tolist() == old.integers(0, [3, 1][old_b], 4).tolist()

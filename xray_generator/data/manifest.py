@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 # Column -> pandas dtype. `age` is nullable float; everything else is text except native_px.
@@ -105,6 +106,22 @@ def split_labels(labels: str | None) -> list[str]:
     if labels is None or (isinstance(labels, float)) or labels is pd.NA:
         return []
     return [part.strip() for part in str(labels).split(";") if part.strip()]
+
+
+def sampling_weights(labels: pd.Series, label_weights: dict[str, float]) -> np.ndarray:
+    """Each image's draw weight for training: the largest weight among its labels, 1 where none is named.
+
+    `{"Viral pneumonia": 2.0}` draws every film labelled viral pneumonia twice as often. Names must be
+    labels some image carries, so a typo fails here instead of silently training on the plain mix.
+    """
+    known = {label for value in labels for label in split_labels(value)}
+    unknown = sorted(set(label_weights) - known)
+    if unknown:
+        raise ValueError(f"label_weights names labels no image carries: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    bad = {label: w for label, w in label_weights.items() if not (isinstance(w, (int, float)) and w > 0)}
+    if bad:
+        raise ValueError(f"label_weights must be positive numbers: {bad}")
+    return np.array([max([label_weights[l] for l in split_labels(value) if l in label_weights], default=1.0) for value in labels], dtype=np.float64)
 
 
 def class_of(labels: str | None, classes: tuple[str, ...]) -> int:

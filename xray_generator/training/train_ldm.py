@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
-from xray_generator.data.manifest import Manifest, load_manifest
+from xray_generator.data.manifest import Manifest, load_manifest, sampling_weights
 from xray_generator.data.prompts import prompt_variants
 from xray_generator.distributed import check_launch
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
@@ -238,7 +238,10 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
 
     alphas_cumprod = noise_scheduler.alphas_cumprod
     buckets = sorted(int(k.split("_")[1]) for k in train_latents if k.startswith("mean_"))
-    bucket_sizes = np.array([len(train_latents[f"rows_{b}"]) for b in buckets], dtype=np.float64)
+    # Draw weights per image (data.label_weights), grouped like the latents; all 1 is the plain mix.
+    image_weights = sampling_weights(train_manifest.table["labels"], data_cfg.get("label_weights", {}))
+    row_weights = [image_weights[train_latents[f"rows_{b}"].numpy()] for b in buckets]
+    weighted = bool(data_cfg.get("label_weights"))
     rng = np.random.default_rng(train_cfg.get("seed", 0) + state["step"])  # the same on every process (global batch)
     mine = process_slice(accelerator, train_cfg["batch_size"])
     # An explicit generator, so what the caches or model building drew on one process cannot shift another's noise.
@@ -303,8 +306,8 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     bar = tqdm(total=max_steps, initial=state["step"], desc="ldm", dynamic_ncols=True, mininterval=10, disable=not accelerator.is_main_process)
     while state["step"] < max_steps:
         step = state["step"]
-        bucket = buckets[rng.choice(len(buckets), p=bucket_sizes / bucket_sizes.sum())]
-        rows = rng.integers(0, len(train_latents[f"rows_{bucket}"]), train_cfg["batch_size"] * accelerator.num_processes)
+        b, rows = draw_batch(rng, row_weights, train_cfg["batch_size"] * accelerator.num_processes, weighted)
+        bucket = buckets[b]
         mean = train_latents[f"mean_{bucket}"][rows].float()
         std = train_latents[f"std_{bucket}"][rows].float()
         z = normalise_latents(mean + std * torch.randn(mean.shape, generator=noise_generator), autoencoder.config)
@@ -367,6 +370,19 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     check_ranks_agree(accelerator, {"unet": accelerator.unwrap_model(unet), "text_projection": accelerator.unwrap_model(projection)}, run_dir)
     accelerator.wait_for_everyone()  # the main process's last checkpoint is complete when any process returns
     return state
+
+
+def draw_batch(rng: np.random.Generator, row_weights: list[np.ndarray], batch_size: int, weighted: bool) -> tuple[int, np.ndarray]:
+    """One training batch: a latent-size bucket (by its share of the weight), then `batch_size` rows of it.
+
+    `row_weights` holds each bucket's per-image draw weights. Unweighted (all 1) makes exactly the draws
+    runs made before weights existed, so those runs resume and reproduce as they did.
+    """
+    bucket_weights = np.array([w.sum() for w in row_weights], dtype=np.float64)
+    b = int(rng.choice(len(row_weights), p=bucket_weights / bucket_weights.sum()))
+    if weighted:
+        return b, rng.choice(len(row_weights[b]), batch_size, p=row_weights[b] / row_weights[b].sum())
+    return b, rng.integers(0, len(row_weights[b]), batch_size)
 
 
 def write_sample_grid(pipe: XRayDiffusionPipeline, path: Path, prompts: tuple[str, ...] = MONITOR_PROMPTS, seeds: tuple[int, ...] = (0, 1)) -> None:
