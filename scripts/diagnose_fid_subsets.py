@@ -15,6 +15,8 @@ evaluate` first: it regenerates what is missing), then reports, with the run's r
 - per label set asked for, the classifier's mean probability of each label on the generated images
   against the real held-out films with those labels: a label drawn more strongly than real films
   show it is a caricature, which the mean term sees;
+- framing: FID between the two kinds of Kermany film in real half B (224-px whole films, squashed,
+  enlarged to 256; 256-px centre crops), and of the images generated for Kermany prompts against each;
 - with `--roundtrip` (latent diffusion only): real half A encoded and decoded by the autoencoder,
   against half B. What the autoencoder alone costs in this feature space, a bound on what UNet
   training can reach.
@@ -94,6 +96,27 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", f"FID against real half B ({len(index_b)} films), split into its terms:"]
     for name, term in terms.items():
         lines.append(f"  {name:<28}: FID {term['fid']:6.2f} = mean term {term['mean_term']:6.2f} + covariance term {term['covariance_term']:6.2f}")
+
+    # Framing: Kermany films are stored two ways (DATASET_CARD.md): 224-px re-encodes of the whole film, squashed,
+    # which the real side enlarges to 256, and 256-px centre crops. A generator that draws one kind at 256 px
+    # is far from the other in this feature space; the real kinds' distance says how far.
+    real_rows_b = drawn.real_rows.iloc[np.flatnonzero(drawn.reference)].iloc[index_b]
+    kermany = (real_rows_b["source"].astype(str) == "pneumonia_kermany").to_numpy()
+    native = real_rows_b["native_px"].to_numpy()
+    squashed, cropped = real_b[kermany & (native == 224)], real_b[kermany & (native == 256)]
+    asked_kermany = (rows["source"].astype(str) == "pneumonia_kermany").to_numpy()[:len(gen_half)]
+    if len(squashed) >= 20 and len(cropped) >= 20:
+        with single_threaded_blas():
+            framing = {
+                f"real 224-px (squashed) vs 256-px (cropped), {len(squashed)} vs {len(cropped)}": fid_terms(squashed, cropped),
+                f"real 224-px, one half vs the other, {len(squashed) // 2} vs {len(squashed) - len(squashed) // 2}":
+                    fid_terms(squashed[: len(squashed) // 2], squashed[len(squashed) // 2:]),
+                f"generated for Kermany prompts ({asked_kermany.sum()}) vs real 224-px": fid_terms(gen_half[asked_kermany], squashed),
+                f"generated for Kermany prompts ({asked_kermany.sum()}) vs real 256-px": fid_terms(gen_half[asked_kermany], cropped),
+            }
+        lines += ["", "Framing: the Kermany films of real half B by how they are stored (224-px whole films enlarged, 256-px centre crops):"]
+        for name, term in framing.items():
+            lines.append(f"  {name:<58}: FID {term['fid']:6.2f} = {term['mean_term']:6.2f} + {term['covariance_term']:6.2f}")
 
     # Which labels the generated images carry more (or less) strongly than real films asked for with the same labels.
     generated_probability, real_probability = classifier.predict_proba(drawn.generated), classifier.predict_proba(drawn.real)

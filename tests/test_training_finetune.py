@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -152,3 +153,28 @@ def test_a_fine_tunes_ema_keeps_the_shipped_weights_in_its_average_unless_it_war
     name = "conv_in.weight"
     assert not torch.equal(trained[name].float(), original[name])  # the step moved the weights
     torch.testing.assert_close(ema[name].float(), decay * original[name] + (1 - decay) * trained[name].float(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.precision
+def test_resize_to_trains_every_film_at_the_generation_size_and_keeps_its_own_cache(shipped, tmp_path):
+    """`data.resize_to`: 224-px films join the 256-px latents, enlarged as the evaluation enlarges real films."""
+    from xray_generator.data.manifest import load_manifest
+    from xray_generator.models.autoencoder import load_autoencoder
+    from xray_generator.training.train_ldm import cache_latents
+
+    _, _, root = shipped
+    autoencoder = load_autoencoder(root / "autoencoder")
+    manifest = load_manifest(SAMPLE)
+    table = manifest.table
+    manifest.table = pd.concat([table[table["native_px"] == px].head(3) for px in (256, 224)])
+    native = cache_latents(autoencoder, manifest, tmp_path / "latents.safetensors")
+    resized = cache_latents(autoencoder, manifest, tmp_path / "latents.safetensors", resize_to=256)
+    factor = 256 // native["mean_256"].shape[-1]
+    assert sorted(k for k in native if k.startswith("rows_")) == ["rows_224", "rows_256"]
+    assert sorted(k for k in resized if k.startswith("rows_")) == ["rows_256"]
+    assert resized["mean_256"].shape[0] == len(manifest.table) and resized["mean_256"].shape[-1] == 256 // factor
+    assert (tmp_path / "latents.safetensors").is_file() and (tmp_path / "latents_256px.safetensors").is_file()
+    # The 256-px films are encoded as before; only the 224-px ones are new.
+    rows = resized["rows_256"].tolist()
+    for position, row in enumerate(native["rows_256"].tolist()):
+        assert torch.equal(resized["mean_256"][rows.index(row)], native["mean_256"][position])

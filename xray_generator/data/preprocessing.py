@@ -139,6 +139,19 @@ def resize_shorter_side(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """A stored film to `size` x `size` (area when shrinking, linear when enlarging), aspect not kept.
+
+    The one resize that real films get on their way to the generator's size: the evaluation's real side
+    (`evaluation.samples.load_real`) and, with `data.resize_to`, the UNet's training latents, so the model
+    learns the films as they are judged (the 224-px Kermany re-encodes enlarged to 256).
+    """
+    if image.shape == (size, size):
+        return image
+    shrinking = max(image.shape) > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def centre_crop(image: np.ndarray, size: int | tuple[int, int] = DEFAULT_SIZE) -> np.ndarray:
     """The central (size, size) or (height, width) window; odd margins drop the extra pixel at the end."""
     arr = _check_gray(image)

@@ -52,7 +52,6 @@ from xray_generator.evaluation.samples import (  # noqa: F401  (generate_cached,
     held_out_real,
     load_real,
     pipe_weights_sha256,
-    resize_square,
     settings_key,
 )
 from xray_generator.paths import outputs_dir, weights_dir

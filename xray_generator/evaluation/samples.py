@@ -34,7 +34,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -42,6 +41,7 @@ from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, class_of, label_index, load_manifest, split_labels
+from xray_generator.data.preprocessing import resize_square
 from xray_generator.data.prompts import age_group, prompt_variants
 from xray_generator.io import atomic_write_text, read_gray, read_png_metadata, save_png_with_metadata
 from xray_generator.paths import cache_dir
@@ -137,14 +137,6 @@ def evaluation_prompts(rows: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
             "source_image_id": row["image_id"], "age_group": age_group(row)[0],
         })
     return pd.DataFrame(records)
-
-
-def resize_square(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Real images to the generator's size, so pixel metrics compare like with like."""
-    if image.shape == (size, size):
-        return image
-    shrinking = max(image.shape) > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def load_real(table: pd.DataFrame, data_dir: Path | None = None, size: int = IMAGE_SIZE,

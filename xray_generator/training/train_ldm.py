@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from xray_generator.data.datasets import load_images_uint8
 from xray_generator.data.manifest import Manifest, load_manifest, sampling_weights
+from xray_generator.data.preprocessing import resize_square
 from xray_generator.data.prompts import prompt_variants
 from xray_generator.distributed import check_launch
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
@@ -83,11 +84,20 @@ def encoder_digest(weights_file: str | Path) -> str:
 
 
 @torch.no_grad()
-def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Path, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Posterior mean and std of every image, grouped by latent size; cached as safetensors."""
+def cache_latents(autoencoder: AutoencoderKL, manifest: Manifest, cache_file: Path, batch_size: int = 16,
+                  resize_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Posterior mean and std of every image, grouped by latent size; cached as safetensors.
+
+    `resize_to` first brings every film to that square size (`resize_square`, as the evaluation's real
+    side gets it); the cache file's name then carries the size.
+    """
+    if resize_to:
+        cache_file = cache_file.with_name(f"{cache_file.stem}_{resize_to}px{cache_file.suffix}")
     if cache_file.is_file():
         return load_file(str(cache_file))
     images = load_images_uint8(manifest)
+    if resize_to:
+        images = [resize_square(image, resize_to) for image in images]
     buckets: dict[int, list[int]] = {}
     for row, image in enumerate(images):
         buckets.setdefault(image.shape[0], []).append(row)
@@ -180,7 +190,10 @@ def train_ldm(config: dict, run_dir: str | Path, resume: bool = False, max_minut
     cache_dir = latent_cache_dir(config.get("cache_dir", "outputs/cache/ldm"), autoencoder_dir, train_manifest)
     encoder = FrozenTextEncoder(config["text_encoder"], max_length=config.get("text_max_length", 64))
     with accelerator.main_process_first():  # the main process fills the caches; the others then read them
-        train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors")
+        # data.resize_to: every film at the generation size. Without it the 224-px Kermany re-encodes (full films,
+        # squashed) train only 28x28 latents, so at 256 px the model draws only the 256-px centre crops, while
+        # the evaluation's real side holds both kinds (README, "The framing gap").
+        train_latents = cache_latents(autoencoder, train_manifest, cache_dir / "train_latents.safetensors", resize_to=data_cfg.get("resize_to"))
         val_latents = cache_latents(autoencoder, val_manifest, cache_dir / "val_latents.safetensors")
         text = cache_text(encoder, train_manifest, data_cfg["prompt_variants"], cache_dir / f"train_text_{encoder.name}.safetensors")
         val_text = cache_text(encoder, val_manifest, 1, cache_dir / f"val_text_{encoder.name}.safetensors")
