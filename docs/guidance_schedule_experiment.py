@@ -5,6 +5,7 @@
     python docs/guidance_schedule_experiment.py --scales 1,1,1,1,1 --name unguided_5_steps
 
     python docs/guidance_schedule_experiment.py --scales a3,a3,1,1,1,1,1 --guide /path/to/older/weights/ldm --name auto_3
+    python docs/guidance_schedule_experiment.py --scales 3,3,1,1,1,1,1 --source-size --name source_size   # a framing diagnostic
 
 One scale per step (1 = that step runs the conditional branch alone). A scale written `a<scale>`
 guides that step with another model instead of the empty prompt (autoguidance, Karras et al. 2024,
@@ -16,7 +17,10 @@ shipped weights on the PyTorch backend, and judged against the same real half B 
 so the default schedule reproduces `outputs/metrics/ldm.json`'s FID exactly. Reports FID split
 into its mean and covariance terms, KID, and the classifier's mean probability per label (a label
 drawn more strongly than real films show it is a caricature). Nothing is cached; one schedule
-takes ~5 min on 2 cores. Writes `outputs/metrics/guidance_schedule/<name>.json`.
+takes ~5 min on 2 cores. `--source-size` is a diagnostic that uses what no user has, the size
+the held-out film behind each prompt is stored at: prompts from 224-px Kermany films are generated at
+224 px and enlarged to 256 like those films, the rest at 256; the FID it gives says how much of the
+gap is the framing the model draws at 256 px. Writes `outputs/metrics/guidance_schedule/<name>.json`.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import torch  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from xray_generator.data.manifest import load_manifest
+    from xray_generator.data.preprocessing import resize_square
     from xray_generator.evaluation.distribution import fid_terms, kernel_inception_distance
     from xray_generator.evaluation.run import EvaluationSettings, real_halves, single_threaded_blas
     from xray_generator.evaluation.samples import evaluation_prompts, held_out_real, load_real
@@ -48,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", required=True, help="comma-separated guidance scale per step, e.g. 3,3,1,1,1,1,1")
     parser.add_argument("--name", default=None, help="output name (default: the scales)")
     parser.add_argument("--guide", type=Path, default=None, help="pipeline folder whose UNet guides the steps written a<scale>")
+    parser.add_argument("--source-size", action="store_true",
+                        help="a diagnostic, not a generator: prompts made from a 224-px film are generated at 224 px and enlarged "
+                             "to 256 as the real side enlarges those films (how much of FID the framing is)")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     tokens = [token.strip() for token in args.scales.split(",")]
@@ -91,18 +99,24 @@ def main(argv: list[str] | None = None) -> int:
 
         runtime_models = pipe.runtime_models
         pipe.runtime_models = lambda *a, **k: dataclasses.replace(runtime_models(*a, **k), unet=unet_with_guide)
-    started, images = time.time(), []
-    for start in range(0, len(plan), args.batch_size):
-        rows = plan.iloc[start:start + args.batch_size]
-        latents = seeded_latents(pipe, rows["seed"].tolist(), 256, 256)
-        if auto_steps:
-            step["index"] = 0
-            with torch.no_grad():
-                guide_states[:] = guide.encode_prompt(rows["prompt"].tolist())
-        # guidance_scale > 1 so the text states are the (uncond, cond) pair the per-step scales choose from.
-        out = pipe(rows["prompt"].tolist(), latents=latents, seed=int(rows["seed"].iloc[0]), num_inference_steps=len(scales),
-                   guidance_scale=max(max(scales), 1.5), guidance_fraction=1.0, backend="torch")
-        images += [np.asarray(image, dtype=np.float32) / 255.0 for image in out.pil_images]  # the 8-bit PNG a user gets
+    native = held_out.set_index("image_id")["native_px"]
+    sizes = plan["source_image_id"].map(native).astype(int).to_numpy() if args.source_size else np.full(len(plan), 256)
+    started, images = time.time(), [None] * len(plan)
+    for size in sorted(set(sizes.tolist()), reverse=True):  # all 256 by default: the batches `evaluate` makes
+        chosen = np.flatnonzero(sizes == size)
+        for start in range(0, len(chosen), args.batch_size):
+            batch = chosen[start:start + args.batch_size]
+            rows = plan.iloc[batch]
+            latents = seeded_latents(pipe, rows["seed"].tolist(), size, size)
+            if auto_steps:
+                step["index"] = 0
+                with torch.no_grad():
+                    guide_states[:] = guide.encode_prompt(rows["prompt"].tolist())
+            # guidance_scale > 1 so the text states are the (uncond, cond) pair the per-step scales choose from.
+            out = pipe(rows["prompt"].tolist(), latents=latents, seed=int(rows["seed"].iloc[0]), num_inference_steps=len(scales),
+                       guidance_scale=max(max(scales), 1.5), guidance_fraction=1.0, backend="torch", height=size, width=size)
+            for index, image in zip(batch, out.pil_images):  # the 8-bit PNG a user gets, enlarged as real films are
+                images[index] = resize_square(np.asarray(image), 256).astype(np.float32) / 255.0
     seconds = time.time() - started
 
     classifier = load_classifier(weights_dir() / "classifier")
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": name, "scales_per_step": scales, "autoguided_steps": auto_steps, "steps": len(scales), "unet_passes": sum(2 if s > 1 else 1 for s in scales),
         "guide": {"folder": str(args.guide), "weights_sha256": guide.weights_hash} if auto_steps else None,
-        "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
+        "source_size": bool(args.source_size), "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
         **{k: round(v, 4) for k, v in terms.items()}, "kid": round(kid, 4),
         "mean_probability_generated": dict(zip(classifier.labels, np.round(classifier.predict_proba(images).mean(0), 3).tolist())),
         "mean_probability_real_b": dict(zip(classifier.labels, np.round(classifier.predict_proba(real_b_images).mean(0), 3).tolist())),
