@@ -16,7 +16,8 @@ half of `evaluate --n 1000`'s plan (698 prompts and seeds of the held-out mix), 
 shipped weights on the PyTorch backend, and judged against the same real half B as `evaluate`,
 so the default schedule reproduces `outputs/metrics/ldm.json`'s FID exactly. Reports FID split
 into its mean and covariance terms, KID, and the classifier's mean probability per label (a label
-drawn more strongly than real films show it is a caricature). Nothing is cached; one schedule
+drawn more strongly than real films show it is a caricature), and the images' mean descriptors
+(brightness, contrast as the pixel std, entropy, sharpness) beside real half B's. Nothing is cached; one schedule
 takes ~5 min on 2 cores. `--source-size` is a diagnostic that uses what no user has, the size
 the held-out film behind each prompt is stored at: prompts from 224-px Kermany films are generated at
 224 px and enlarged to 256 like those films, the rest at 256; the FID it gives says how much of the
@@ -41,6 +42,7 @@ import torch  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     from xray_generator.data.manifest import load_manifest
     from xray_generator.data.preprocessing import resize_square
+    from xray_generator.evaluation.descriptors import DESCRIPTOR_NAMES, describe_image
     from xray_generator.evaluation.distribution import fid_terms, kernel_inception_distance
     from xray_generator.evaluation.run import EvaluationSettings, real_halves, single_threaded_blas
     from xray_generator.evaluation.samples import evaluation_prompts, held_out_real, load_real
@@ -71,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.guide is not None and not (args.guide / "pipeline.json").is_file():
         parser.error(f"--guide must be a pipeline folder (with pipeline.json), got {args.guide}")
     name = args.name or "g" + "_".join(tokens)
+
+    def mean_descriptors(images: list) -> dict:
+        described = [describe_image(image) for image in images]
+        return {name: round(float(np.mean([d[name] for d in described])), 5) for name in DESCRIPTOR_NAMES}
 
     settings = EvaluationSettings()
     held_out = held_out_real(load_manifest())
@@ -132,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         **{k: round(v, 4) for k, v in terms.items()}, "kid": round(kid, 4),
         "mean_probability_generated": dict(zip(classifier.labels, np.round(classifier.predict_proba(images).mean(0), 3).tolist())),
         "mean_probability_real_b": dict(zip(classifier.labels, np.round(classifier.predict_proba(real_b_images).mean(0), 3).tolist())),
+        # Per-image descriptors, averaged: "flatter and greyer than film" in numbers (std is the global contrast).
+        "descriptors_generated": mean_descriptors(images), "descriptors_real_b": mean_descriptors(real_b_images),
         "generation_seconds": round(seconds, 1),
     }
     print(json.dumps(result, indent=1))

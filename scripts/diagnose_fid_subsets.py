@@ -15,6 +15,8 @@ evaluate` first: it regenerates what is missing), then reports, with the run's r
 - per label set asked for, the classifier's mean probability of each label on the generated images
   against the real held-out films with those labels: a label drawn more strongly than real films
   show it is a caricature, which the mean term sees;
+- per-image descriptors (brightness, contrast as the pixel std, entropy, sharpness) of the generated
+  images, real half B and the round trip: whether the films are as contrasty and sharp as film;
 - framing: FID between the two kinds of Kermany film in real half B (224-px whole films, squashed,
   enlarged to 256; 256-px centre crops), and of the images generated for Kermany prompts against each;
 - with `--roundtrip` (latent diffusion only): real half A encoded and decoded by the autoencoder,
@@ -37,6 +39,7 @@ MIN_PER_LABEL_SET = 20  # fewer images make a mean probability too noisy to read
 
 def main(argv: list[str] | None = None) -> int:
     from xray_generator.data.manifest import load_manifest
+    from xray_generator.evaluation.descriptors import DESCRIPTOR_NAMES, describe_image
     from xray_generator.evaluation.distribution import beyond_real_radius, fid_from_features, fid_terms
     from xray_generator.evaluation.report import read_metrics_json
     from xray_generator.evaluation.run import EvaluationSettings, real_halves, single_threaded_blas
@@ -92,10 +95,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.roundtrip:
             from xray_generator.evaluation.realism import roundtrip_images
 
-            terms["round trip of real half A"] = fid_terms(extract(roundtrip_images(generator, [reference_images[i] for i in index_a])), real_b)
+            roundtrip = roundtrip_images(generator, [reference_images[i] for i in index_a])
+            terms["round trip of real half A"] = fid_terms(extract(roundtrip), real_b)
     lines += ["", f"FID against real half B ({len(index_b)} films), split into its terms:"]
     for name, term in terms.items():
         lines.append(f"  {name:<28}: FID {term['fid']:6.2f} = mean term {term['mean_term']:6.2f} + covariance term {term['covariance_term']:6.2f}")
+
+    # Contrast and sharpness in pixels (evaluation.descriptors, averaged per image): a UNet whose films are flatter
+    # than film shows it here even where the classifier's features blur the cause.
+    pixel_sets = {"generated (the FID's half)": drawn.generated[:len(index_a)], "real half B": [reference_images[i] for i in index_b]}
+    if args.roundtrip:
+        pixel_sets["round trip of real half A"] = roundtrip
+    lines += ["", "Per-image descriptors, mean over each set: " + ", ".join(DESCRIPTOR_NAMES)]
+    for name, images in pixel_sets.items():
+        described = [describe_image(np.asarray(image, dtype=np.float32)) for image in images]
+        lines.append(f"  {name:<28}: " + "  ".join(f"{key} {np.mean([d[key] for d in described]):.4g}" for key in DESCRIPTOR_NAMES))
 
     # Framing: Kermany films are stored two ways (DATASET_CARD.md): 224-px re-encodes of the whole film, squashed,
     # which the real side enlarges to 256, and 256-px centre crops. A generator that draws one kind at 256 px

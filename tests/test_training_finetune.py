@@ -178,3 +178,24 @@ def test_resize_to_trains_every_film_at_the_generation_size_and_keeps_its_own_ca
     rows = resized["rows_256"].tolist()
     for position, row in enumerate(native["rows_256"].tolist()):
         assert torch.equal(resized["mean_256"][rows.index(row)], native["mean_256"][position])
+
+
+@pytest.mark.precision
+def test_a_zero_terminal_snr_fine_tune_exports_a_schedule_every_sampler_runs(shipped, tmp_path):
+    """`rescale_betas_zero_snr` (configs/ldm_zero_snr.json): the export carries it, and every sampler starts from pure noise with it."""
+    import numpy as np
+
+    from xray_generator.pipelines.latent_diffusion import SAMPLERS, XRayDiffusionPipeline
+
+    weights, config, _ = shipped
+    finetune = json.loads(json.dumps(config))
+    finetune.update(init_from=str(weights), autoencoder=str(weights / "vae"), cache_dir=str(tmp_path / "cache"))
+    finetune["scheduler"]["rescale_betas_zero_snr"] = True
+    finetune["train"].update(max_steps=1, min_snr_gamma=0)
+    train_ldm.train_ldm(finetune, tmp_path / "run", data_dir=SAMPLE)
+    pipe = XRayDiffusionPipeline.from_pretrained(train_ldm.export_pipeline(tmp_path / "run", tmp_path / "exported"))
+    assert pipe.scheduler.config.rescale_betas_zero_snr and float(pipe.scheduler.alphas_cumprod[-1]) == 0.0
+    for sampler in SAMPLERS:
+        assert pipe.make_scheduler(sampler).config.rescale_betas_zero_snr, sampler
+        image = np.asarray(pipe("normal chest radiograph", seed=0, num_inference_steps=3, sampler=sampler, backend="torch").pil_images[0])
+        assert np.isfinite(image).all() and image.std() > 0, sampler
