@@ -325,8 +325,10 @@ def test_ship_unet_swaps_a_continued_unet_in_and_refuses_other_latents(vae_run, 
     train_ldm.rewrite_shipped(shipped, lambda staging: (staging / "README.md").write_text("the card\n"))
     before = XRayDiffusionPipeline.from_pretrained(shipped)
 
-    # The shipped UNet trained on for a step (init_from keeps the shipped autoencoder and its normalisation).
-    continued = dict(config, init_from=str(shipped), train=dict(config["train"], max_steps=1, lr=0.01))
+    # The shipped UNet trained on for a step (init_from keeps the shipped autoencoder and its normalisation),
+    # on a zero-terminal-SNR schedule: the schedule it was trained on must ship with it.
+    continued = dict(config, init_from=str(shipped), train=dict(config["train"], max_steps=1, lr=0.01),
+                     scheduler=dict(config["scheduler"], rescale_betas_zero_snr=True))
     continued["autoencoder"] = str(shipped / "vae")
     train_ldm.train_ldm(continued, tmp_path / "continued_run", data_dir=SAMPLE)
     candidate = train_ldm.export_pipeline(tmp_path / "continued_run", tmp_path / "candidate")
@@ -336,6 +338,7 @@ def test_ship_unet_swaps_a_continued_unet_in_and_refuses_other_latents(vae_run, 
     assert all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), expected.unet.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(after.unet.state_dict().values(), before.unet.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(after.vae.state_dict().values(), before.vae.state_dict().values()))
+    assert after.scheduler.config.rescale_betas_zero_snr and not before.scheduler.config.rescale_betas_zero_snr
     assert (shipped / "README.md").read_text() == "the card\n" and "README.md" in json.loads((shipped / "MANIFEST.json").read_text())["files"]
     assert (after("normal chest", seed=0).images[0] == expected("normal chest", seed=0).images[0]).all()
 

@@ -521,8 +521,10 @@ def ship_unet(candidate: str | Path, weights: str | Path) -> Path:
 
     For runs that continued the shipped weights (`init_from`): the UNet learned exactly the shipped
     autoencoder's latents, so the candidate must hold that autoencoder, tensor for tensor, with the
-    same latent normalisation and text encoder. Everything else in the shipped folder (card, loss
-    logs, stage records, sampling defaults) stays; the model card is rewritten afterwards.
+    same latent normalisation and text encoder. The UNet's noise schedule (`scheduler/`) comes with
+    it: a UNet fine-tuned on another schedule (e.g. zero terminal SNR) samples correctly only with
+    that one. Everything else in the shipped folder (card, loss logs, stage records, sampling
+    defaults) stays; the model card is rewritten afterwards.
     """
     candidate, weights = Path(candidate), Path(weights)
     verify_manifest(candidate)
@@ -537,7 +539,7 @@ def ship_unet(candidate: str | Path, weights: str | Path) -> Path:
         raise ValueError(f"{candidate} was trained with the text encoder {text_encoders[0]!r}, {weights} ships {text_encoders[1]!r}")
 
     def swap_unet(staging: Path) -> None:
-        for part in ("unet", "text_projection"):
+        for part in ("unet", "text_projection", "scheduler"):
             shutil.rmtree(staging / part)
             shutil.copytree(candidate / part, staging / part)
         if (candidate / TRAINING_VOCABULARY_FILE).is_file():  # the vocabulary of the data the UNet was trained on
