@@ -6,6 +6,7 @@
 
     python docs/guidance_schedule_experiment.py --scales a3,a3,1,1,1,1,1 --guide /path/to/older/weights/ldm --name auto_3
     python docs/guidance_schedule_experiment.py --scales 3,3,1,1,1,1,1 --source-size --name source_size   # a framing diagnostic
+    python docs/guidance_schedule_experiment.py --scales 3,3,1,1,1,1,1 --seed-offset 100000 --name other_seeds  # a second draw
 
 One scale per step (1 = that step runs the conditional branch alone). A scale written `a<scale>`
 guides that step with another model instead of the empty prompt (autoguidance, Karras et al. 2024,
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-size", action="store_true",
                         help="a diagnostic, not a generator: prompts made from a 224-px film are generated at 224 px and enlarged "
                              "to 256 as the real side enlarges those films (how much of FID the framing is)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="add this to every image's seed: the same prompts with other noise, to re-judge a model chosen on the default seeds")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
     tokens = [token.strip() for token in args.scales.split(",")]
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     real = load_real(held_out)
     _, index_b = real_halves(len(real), 1000, settings.seed)  # evaluate --n 1000's half B
     plan = evaluation_prompts(held_out, len(index_b), settings.seed)  # its plan's first half: the images its FID uses
+    # A model picked as the best of several exports on these seeds is flattered by them (a best-of-k is
+    # biased low); other seeds for the same prompts give it an unbiased second draw.
+    plan["seed"] += args.seed_offset
 
     pipe = XRayDiffusionPipeline.from_pretrained(weights_dir() / "ldm")
     pipe.denoise = functools.partial(XRayDiffusionPipeline.denoise, pipe, scale_per_step=scales)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "name": name, "scales_per_step": scales, "autoguided_steps": auto_steps, "steps": len(scales), "unet_passes": sum(2 if s > 1 else 1 for s in scales),
         "guide": {"folder": str(args.guide), "weights_sha256": guide.weights_hash} if auto_steps else None,
-        "source_size": bool(args.source_size), "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
+        "source_size": bool(args.source_size), "seed_offset": args.seed_offset, "n": {"generated": len(images), "real": len(index_b)}, "weights_sha256": pipe.weights_hash, "precision": pipe.precision,
         **{k: round(v, 4) for k, v in terms.items()}, "kid": round(kid, 4),
         "mean_probability_generated": dict(zip(classifier.labels, np.round(classifier.predict_proba(images).mean(0), 3).tolist())),
         "mean_probability_real_b": dict(zip(classifier.labels, np.round(classifier.predict_proba(real_b_images).mean(0), 3).tolist())),

