@@ -194,6 +194,15 @@ def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_o
         model_card.write_card(weights, vae_run, ldm_run, n_recon=2, vae_finetune_runs=finetunes + [vae_run])
     with pytest.raises(ValueError, match="stages"):
         model_card.write_card(weights, vae_run, ldm_run, n_recon=2, ldm_finetune_runs=ldm_finetunes + [ldm_run])
+    # `-` on the command line: a stage whose run folder has trained past the shipped step keeps its record.
+    first = model_card.LDM_FINETUNE_STAGES[0]
+    stages_file = weights / model_card.STAGES_FILE
+    stages_file.write_text(json.dumps(recorded | {first: recorded[first] | {"step": 123456}}))
+    model_card.write_manifest(weights)
+    model_card.main(["--weights", str(weights), "--vae-run", str(vae_run), "--ldm-run", str(ldm_run), "--n-recon", "2",
+                     "--vae-finetune-run", *map(str, finetunes), "--ldm-finetune-run", "-", *map(str, ldm_finetunes[1:])])
+    assert json.loads(stages_file.read_text())[first]["step"] == 123456
+    assert card_rows((weights / "README.md").read_text())[model_card.STAGE_TITLES[first]][1] == "123,456"
 
 
 def test_a_stage_without_dated_checkpoints_is_dated_by_its_checkpoint_file_or_the_commit_of_its_loss_log(tmp_path):

@@ -215,7 +215,7 @@ def training_table(stages: dict[str, dict], weights: Path) -> str:
 
 
 def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None = None,
-               vae_finetune_runs: list[Path] | None = None, ldm_finetune_runs: list[Path] | None = None) -> Path:
+               vae_finetune_runs: list[Path | None] | None = None, ldm_finetune_runs: list[Path | None] | None = None) -> Path:
     vae_finetune_runs, ldm_finetune_runs = vae_finetune_runs or [], ldm_finetune_runs or []
     for given, known, flag in ((vae_finetune_runs, FINETUNE_STAGES, "autoencoder"), (ldm_finetune_runs, LDM_FINETUNE_STAGES, "UNet")):
         if len(given) > len(known):
@@ -235,7 +235,7 @@ def write_card(weights: Path, vae_run: Path, ldm_run: Path, n_recon: int | None 
     runs = {"vae": vae_run, **dict(zip(FINETUNE_STAGES, vae_finetune_runs)), "ldm": ldm_run, **dict(zip(LDM_FINETUNE_STAGES, ldm_finetune_runs))}
     stages = {name: stage for name in STAGE_TITLES if (stage := training_stage(name, runs.get(name), recorded, weights)) is not None}
     for name, run in runs.items():
-        if (run / "log.csv").is_file():
+        if run is not None and (run / "log.csv").is_file():
             shutil.copyfile(run / "log.csv", weights / f"training_log_{name}.csv")
     psnr_ci, ssim_ci = _ci(quality["psnr"]), _ci(quality["ssim"])
     train_counts = manifest.query(split="train").table["native_px"].value_counts().to_dict()
@@ -373,15 +373,21 @@ def write_realism_section(weights: Path, metrics_dir: Path | None = None, data_d
     return weights / "README.md"
 
 
+def run_or_record(arg: str) -> Path | None:
+    """A run folder from the command line; `-` (None) means the stage's record in training_stages.json."""
+    return None if arg == "-" else Path(arg)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="weights/ldm")
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
     parser.add_argument("--vae-finetune-run", nargs="*", default=[],
-                        help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae)")
+                        help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae); `-` as above")
     parser.add_argument("--ldm-finetune-run", nargs="*", default=[],
-                        help="run folders of the UNet fine-tunes, in the order of LDM_FINETUNE_STAGES (the last is shipped in weights/ldm/unet)")
+                        help="run folders of the UNet fine-tunes, in the order of LDM_FINETUNE_STAGES (the last is shipped in weights/ldm/unet); "
+                             "`-` takes a stage from its record in training_stages.json (for a run whose latest checkpoint is not the one shipped)")
     parser.add_argument("--n-recon", type=int, default=None, help="limit the number of test frames (default: all)")
     parser.add_argument("--realism-only", action="store_true",
                         help="only add or replace the card's realism section (from outputs/metrics/realism_*.json); weights untouched")
@@ -390,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
         print(write_realism_section(Path(args.weights)))
         return
     print(write_card(Path(args.weights), Path(args.vae_run), Path(args.ldm_run), args.n_recon,
-                     [Path(run) for run in args.vae_finetune_run], [Path(run) for run in args.ldm_finetune_run]))
+                     [run_or_record(run) for run in args.vae_finetune_run], [run_or_record(run) for run in args.ldm_finetune_run]))
 
 
 if __name__ == "__main__":
