@@ -384,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-run", default="outputs/runs/vae")
     parser.add_argument("--ldm-run", default="outputs/runs/ldm")
     parser.add_argument("--vae-finetune-run", nargs="*", default=[],
-                        help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae); `-` as above")
+                        help="run folders of the autoencoder fine-tunes, in the order of FINETUNE_STAGES (the last is shipped in weights/ldm/vae); "
+                             "`-` takes a stage from its record in training_stages.json")
     parser.add_argument("--ldm-finetune-run", nargs="*", default=[],
                         help="run folders of the UNet fine-tunes, in the order of LDM_FINETUNE_STAGES (the last is shipped in weights/ldm/unet); "
                              "`-` takes a stage from its record in training_stages.json (for a run whose latest checkpoint is not the one shipped)")
