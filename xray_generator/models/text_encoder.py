@@ -7,6 +7,7 @@ weights checked against hashes pinned here). Any BERT-family folder with safeten
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -78,6 +79,9 @@ class FrozenTextEncoder(torch.nn.Module):
         transformers_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in CLI output
         self.name, source = resolve_encoder_source(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(source)
+        # A fast tokenizer keeps its padding and truncation settings in shared state that each call may reset, so
+        # two threads tokenizing at once can get each other's padding (seen: 12 tokens where max_length asked 16).
+        self._tokenizer_lock = threading.Lock()
         self.model = AutoModel.from_pretrained(source, use_safetensors=True)
         self.model.requires_grad_(False).eval()
         self.max_length = min(max_length, self.tokenizer.model_max_length)
@@ -93,7 +97,8 @@ class FrozenTextEncoder(torch.nn.Module):
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(hidden states (B, L, H) float32, attention mask (B, L) bool), padded to `max_length`."""
-        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        with self._tokenizer_lock:
+            batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
         states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return states.float(), batch["attention_mask"].bool()
 
