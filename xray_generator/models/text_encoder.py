@@ -92,7 +92,8 @@ class FrozenTextEncoder(torch.nn.Module):
 
     def token_count(self, prompt: str) -> int:
         # verbose=False: counting a long prompt is the point, not a reason to warn it exceeds the model's length.
-        return len(self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
+        with self._tokenizer_lock:  # an unpadded call resets the shared padding state `encode` relies on
+            return len(self.tokenizer(prompt, add_special_tokens=True, verbose=False)["input_ids"])
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
