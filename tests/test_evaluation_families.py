@@ -63,6 +63,10 @@ def test_every_family_writes_a_valid_file_with_the_ldm_metric_names(evaluated, f
     assert settings["parameters"] == generator.parameters and settings["image_size"] == generator.image_size
     assert settings["seconds_per_image"] > 0 and settings["time_per_image"]["repeats"] == 5
     assert settings["n_generated"] == SIZES[family] == metrics["memorisation_rate"]["n"]["generated"]
+    # Its floor: the held-out real films scored by the same nearest-training-film test.
+    memorisation_floor = metrics["memorisation_rate"]["floor"]
+    assert memorisation_floor["n"]["training"] == metrics["memorisation_rate"]["n"]["training"] and memorisation_floor["n"]["real"] > 0
+    assert 0.0 <= memorisation_floor["value"] <= 1.0 and "patient-disjoint" in memorisation_floor["method"]
     for image in settings["images"].values():
         assert (out / image).stat().st_size > 0
 

@@ -199,3 +199,42 @@ def test_a_zero_terminal_snr_fine_tune_exports_a_schedule_every_sampler_runs(shi
         assert pipe.make_scheduler(sampler).config.rescale_betas_zero_snr, sampler
         image = np.asarray(pipe("normal chest radiograph", seed=0, num_inference_steps=3, sampler=sampler, backend="torch").pil_images[0])
         assert np.isfinite(image).all() and image.std() > 0, sampler
+
+
+def test_averaging_exports_takes_the_mean_of_the_unet_and_refuses_exports_of_different_models(shipped, tmp_path):
+    """`train_ldm average`: the mean of several exports of one run, stored in the exported dtype, with a new MANIFEST."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from xray_generator.pipelines.latent_diffusion import XRayDiffusionPipeline
+    from xray_generator.weights import verify_manifest, write_manifest
+
+    weights, _, _ = shipped
+    other = tmp_path / "other"
+    shutil.copytree(weights, other)
+    shards = sorted(p.relative_to(other) for p in other.glob("*/*.safetensors") if p.parts[-2] in train_ldm.AVERAGED_PARTS)
+    assert shards and {p.parts[0] for p in shards} == set(train_ldm.AVERAGED_PARTS)
+    for shard in shards:  # another export of the same model: the same files, other weights
+        save_file({k: v * 2 + 1 for k, v in load_file(other / shard).items()}, other / shard, metadata={"format": "pt"})
+    write_manifest(other)
+
+    averaged = train_ldm.average_exports([weights, other], tmp_path / "averaged")
+    verify_manifest(averaged)
+    for shard in shards:
+        first, second, mean = load_file(weights / shard), load_file(other / shard), load_file(averaged / shard)
+        for key, tensor in first.items():
+            assert mean[key].dtype == tensor.dtype
+            assert torch.equal(mean[key], ((tensor.float() + second[key].float()) / 2).to(tensor.dtype)), key
+    sources = json.loads((averaged / train_ldm.AVERAGED_FROM_FILE).read_text())["exports"]
+    assert [s["weights_sha256"] for s in sources] == [verify_manifest(weights), verify_manifest(other)]
+    XRayDiffusionPipeline.from_pretrained(averaged)  # loads like any export
+
+    pipeline_file = other / "pipeline.json"
+    pipeline_file.write_text(pipeline_file.read_text().replace("}", ', "note": "another model"}', 1))
+    write_manifest(other)
+    with pytest.raises(ValueError, match="pipeline.json"):
+        train_ldm.average_exports([weights, other], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(ValueError, match="at least two"):
+        train_ldm.average_exports([weights], tmp_path / "refused")
