@@ -333,27 +333,27 @@ def memorisation_metric(drawn: DrawnSamples, generated_features: np.ndarray, tra
                "feature_nearest_rate": float((feature_nn_corr >= settings.memorisation_threshold).mean()),
                "feature_nearest_median_correlation": float(np.median(feature_nn_corr)),
                "worst_pairs": worst_pairs,
-               **({"sources": source_memorisation(drawn, train_images, nearest["correlation"], settings.memorisation_threshold)}
+               **({"sources": source_memorisation(drawn, real_nearest, nearest["correlation"], settings.memorisation_threshold)}
                   if drawn.kind == "image-to-image" else {})},
     )
     pairs = [im for i in worst for im in (generated[i], train_images[nearest["index"][i]].astype(np.float32) / 255.0)]
     return metric, pairs
 
 
-def source_memorisation(drawn: DrawnSamples, train_images, translation_correlation: np.ndarray, threshold: float) -> dict:
+def source_memorisation(drawn: DrawnSamples, real_correlation: np.ndarray, translation_correlation: np.ndarray, threshold: float) -> dict:
     """For a translation: do its source films already sit that close to a training film?
 
     A translation keeps its source's anatomy, so a flagged translation may only inherit its source's
     likeness to a training film (several films of one child, the same positioning) rather than copy
-    anything. The same nearest-training-image test run on the sources tells the two apart.
+    anything. The same nearest-training-image test on the sources tells the two apart; `real_correlation`
+    is that test's result for every real held-out film (the memorisation floor), so the sources' are looked up.
     """
     position = {image_id: i for i, image_id in enumerate(drawn.real_rows["image_id"])}
-    sources = [drawn.real[position[image_id]] for image_id in drawn.requests["source_image_id"]]
-    source_correlation = nearest_training_images(sources, train_images)["correlation"]
+    source_correlation = real_correlation[[position[image_id] for image_id in drawn.requests["source_image_id"]]]
     source_rate = memorisation_rate(source_correlation, threshold)
     flagged = translation_correlation >= threshold
     return {
-        "n": len(sources), "rate": float(source_rate["value"]), "n_flagged": int(source_rate["n_flagged"]),
+        "n": len(source_correlation), "rate": float(source_rate["value"]), "n_flagged": int(source_rate["n_flagged"]),
         "ci_low": float(source_rate["ci_low"]), "ci_high": float(source_rate["ci_high"]),
         "max_pixel_correlation": float(source_correlation.max()),
         "translations_flagged_whose_source_is_flagged": int((flagged & (source_correlation >= threshold)).sum()),

@@ -35,7 +35,7 @@ from xray_generator.models.unet import build_unet, copy_matching_tensors
 from xray_generator.pipelines.latent_diffusion import DEFAULT_GENERATION, PIPELINE_FILE, SAMPLERS, XRayDiffusionPipeline
 from xray_generator.precision import cpu_bf16_autocast, note_training_precision, training_mixed_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog, agreed, check_ranks_agree, process_slice
-from xray_generator.weights import replace_folder_atomically, verify_manifest, write_manifest
+from xray_generator.weights import MANIFEST_NAME, replace_folder_atomically, verify_manifest, write_manifest
 
 LOG_FIELDS = ["step", "samples_seen", "wall_seconds", "loss", "lr", "val_loss"]
 # Prompts shown in the sample grid written at every checkpoint (also used by the model card).
@@ -555,9 +555,9 @@ AVERAGED_FROM_FILE = "averaged_from.json"
 def average_exports(exports: list[str | Path], out_dir: str | Path) -> Path:
     """Write the mean of several exports of one run (its UNet and text projection) as a pipeline folder.
 
-    Why: on 2 CPU cores the EMA spans only ~1,000 steps, and FID moved by ±1.5 between exports ~300
-    steps apart (README, "Averaging exports"); the mean of exports along the trajectory is a longer,
-    post-hoc average (Karras et al. 2024). Every other file must be the same in all of them (autoencoder,
+    Why: on 2 CPU cores the EMA spans only ~1,000 steps; the mean of exports along the trajectory is a
+    longer, post-hoc average (Karras et al. 2024). Measured on the zero-SNR framing run, it landed between
+    its members (README, "Averaging exports"): there the exports differed by a drift, not by noise. Every other file must be the same in all of them (autoencoder,
     schedule, configs, vocabulary), or the average would mix models trained on different things.
     The mean is taken in float32 and stored in each tensor's exported dtype.
     """
@@ -567,7 +567,7 @@ def average_exports(exports: list[str | Path], out_dir: str | Path) -> Path:
     if len(folders) < 2:
         raise ValueError("averaging needs at least two exports")
     hashes = [verify_manifest(folder) for folder in folders]
-    listings = [json.loads((folder / "MANIFEST.json").read_text())["files"] for folder in folders]
+    listings = [json.loads((folder / MANIFEST_NAME).read_text())["files"] for folder in folders]
     averaged = sorted(name for name in listings[0] if name.split("/")[0] in AVERAGED_PARTS and name.endswith(".safetensors"))
     for folder, listing in zip(folders[1:], listings[1:]):
         if sorted(listing) != sorted(listings[0]):
