@@ -184,7 +184,7 @@ def test_the_model_card_records_every_stage_with_its_dates_and_refuses_unknown_o
         started, finished = state["started"][:10], state["updated"][:10]
         assert rows[title][4] == (finished if started == finished else f"{started} → {finished}")
         assert rows[title][1] == f"{state['step']:,}" and (weights / f"training_log_{name}.csv").is_file()
-    assert "the UNet `ldm` → `ldm_finetune_expanded` → `ldm_expanded_low_lr` → `ldm_zero_snr`" in card and "the autoencoder `vae` → `vae_decoder_finetune` →" in card
+    assert "the UNet `ldm` → `ldm_finetune_expanded` → `ldm_expanded_low_lr` → `ldm_zero_snr` → `ldm_distil_4`" in card and "the autoencoder `vae` → `vae_decoder_finetune` →" in card
     assert "n = 2" in card and (weights / "card" / "samples.png").is_file()
     digest = verify_manifest(weights)  # the card and its assets are covered by the regenerated manifest
     # The card names its model files' hashes, never a stale folder hash (the manifest it is part of
