@@ -36,7 +36,7 @@ from xray_generator.data.prompts import prompt_variants
 from xray_generator.io import atomic_save_safetensors, atomic_write_text
 from xray_generator.models.autoencoder import latent_normalisation_fields
 from xray_generator.pipelines.latent_diffusion import SAMPLERS, XRayDiffusionPipeline, seeded_latents
-from xray_generator.precision import cpu_bf16_autocast, cpu_has_native_bf16, note_training_precision
+from xray_generator.precision import cpu_has_native_bf16, note_training_precision
 from xray_generator.training.checkpointing import EMA, CheckpointDir, CheckpointSchedule, LossLog
 from xray_generator.training.train_ldm import load_config
 
